@@ -1,0 +1,76 @@
+"""Domain names: normalising what operators write, and the wire form lookups use."""
+
+from __future__ import annotations
+
+import re
+
+_LABEL = re.compile(rb"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
+
+
+class NameError_(ValueError):
+    """A domain name an operator wrote that cannot be a DNS name."""
+
+
+def normalise(name: str) -> str:
+    """Lower-case, strip one trailing dot, IDN to punycode; raise NameError_ if invalid."""
+    text = name.strip()
+    if text.endswith("."):
+        text = text[:-1]
+    if not text:
+        raise NameError_("empty name")
+    if any(ord(c) > 127 for c in text):
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise NameError_(f"{name!r}: not a valid international name ({exc})") from None
+    text = text.lower()
+    if len(text) > 253:
+        raise NameError_(f"{name!r}: longer than 253 characters")
+    for label in text.split("."):
+        if not label:
+            raise NameError_(f"{name!r}: empty label")
+        if len(label) > 63:
+            raise NameError_(f"{name!r}: label longer than 63 characters")
+        if not _LABEL.match(label.encode()):
+            raise NameError_(f"{name!r}: label {label!r} has characters a host name cannot have")
+    return text
+
+
+def to_wire(name: str) -> bytes:
+    """'a.b' -> b'\\x01a\\x01b\\x00' (already normalised names only)."""
+    if not name:
+        return b"\x00"
+    return b"".join(bytes((len(label),)) + label.encode("ascii") for label in name.split(".")) + b"\x00"
+
+
+def from_wire(wire: bytes) -> str:
+    """Presentation form of an uncompressed wire name; dots and odd bytes inside a label
+    are escaped (RFC 1035 \\. and \\DDD), so a one-label 'weixin.qq.com' never reads as
+    the three-label name."""
+    labels = []
+    i = 0
+    while i < len(wire):
+        length = wire[i]
+        if length == 0:
+            break
+        raw = wire[i + 1 : i + 1 + length]
+        labels.append(escape_label(raw))
+        i += 1 + length
+    return ".".join(labels) + "." if labels else "."
+
+
+def escape_label(raw: bytes) -> str:
+    out = []
+    for byte in raw:
+        if byte in (0x2E, 0x5C, 0x22, 0x28, 0x29, 0x3B, 0x40, 0x24):  # . \ " ( ) ; @ $
+            out.append("\\" + chr(byte))
+        elif 0x21 <= byte <= 0x7E:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03d}")
+    return "".join(out)
+
+
+def is_under(name: str, parent: str) -> bool:
+    """True if name equals parent or lies below it, on label boundaries."""
+    return name == parent or name.endswith("." + parent)

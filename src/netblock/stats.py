@@ -1,0 +1,72 @@
+"""Counters kept as plain ints and dicts on the query path.
+
+A prometheus-client `.labels().inc()` costs more than answering a cached query
+(reference/performance.md), so the query path only does `+= 1` here; metrics.py turns
+these into Prometheus metrics at scrape time. Label values are bounded: protocol, rcode
+name, answer source, list name, stage, action, reason, upstream address: never a client
+IP or a query name.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+
+# Seconds; the buckets of the request and upstream duration histograms.
+DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
+
+
+class Histogram:
+    """Bucket counts and a sum; `observe` is a bisect and two additions."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+@dataclass
+class UpstreamStats:
+    address: str
+    requests: int = 0
+    errors: int = 0  # timeouts, refused connections, bad answers
+    timeouts: int = 0
+    healthy: bool = True
+    latency: Histogram = field(default_factory=Histogram)
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.time)
+    queries: dict[str, int] = field(default_factory=dict)  # protocol -> count
+    responses: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, rcode name) -> count
+    blocked: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (list, stage, action) -> count
+    refused: dict[str, int] = field(default_factory=dict)  # reason -> count (acl, ratelimit, ...)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count (malformed, qr, ...)
+    request_duration: Histogram = field(default_factory=Histogram)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_evictions: int = 0
+    cache_stale_served: int = 0
+    upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
+    upstream_mismatches: int = 0  # answers whose ID, source or question did not match
+    inflight_rejected: int = 0  # SERVFAIL because the in-flight cap was reached
+    tcp_connections_rejected: int = 0
+    reload_successes: int = 0
+    reload_failures: int = 0
+    inspector_detections: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, list) -> count
+    device_blocked: dict[str, int] = field(default_factory=dict)  # inventory device name -> count
+
+    def upstream(self, address: str) -> UpstreamStats:
+        found = self.upstreams.get(address)
+        if found is None:
+            found = self.upstreams[address] = UpstreamStats(address)
+        return found
