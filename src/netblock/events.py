@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import collections
 import json
+import socket
 import threading
 import time
 from pathlib import Path
 
+from netblock.config import Config
 from netblock.policy.rule import Rule
+from netblock.stats import Stats
 
 # (time, client ip, client mac or "", name in presentation form, qtype, rule, stage, protocol)
 RawEvent = tuple[float, str, str, str, int, Rule, str, str]
@@ -29,6 +32,12 @@ class EventRecorder:
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, stats: Stats | None = None) -> EventRecorder:
+        events = config.events
+        path = config.resolve(events.jsonl) if events.enabled and events.jsonl else None
+        return cls(path, events.queue_size, config.server.instance or socket.gethostname())
 
     def record(self, ts: float, client_ip: str, mac: str, name: str, qtype: int, rule: Rule,
                stage: str, protocol: str) -> None:

@@ -1,0 +1,3 @@
+from netblock.cli import main
+
+raise SystemExit(main())

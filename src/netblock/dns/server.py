@@ -1,0 +1,401 @@
+"""UDP and TCP listeners, and `handle()`: the one place a query walks through.
+
+handle() reads top to bottom (DESIGN.md, "One query, one pass"): parse, admit, decide,
+answer a blocked name, answer from the cache, or hand the query to `resolve()`, which
+forwards, inspects the answer, stores and replies. The query path only increments ints
+and appends event tuples; everything slow runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import struct
+import time
+from typing import Any
+
+from netblock.config import Config, parse_hostport
+from netblock.dns import wire
+from netblock.dns.admit import Admission
+from netblock.dns.cache import AnswerCache, CacheKey, Entry
+from netblock.dns.upstream import Upstreams
+from netblock.events import EventRecorder
+from netblock.names import from_wire
+from netblock.policy.match import Policy
+from netblock.policy.reload import PolicyHolder
+from netblock.policy.rule import Rule
+from netblock.stats import RCODE_NAMES, Stats
+
+log = logging.getLogger("netblock.server")
+
+_H = struct.Struct("!H")
+_EMPTY_POLICY = Policy()
+
+
+class DnsServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.started = time.time()
+        self.cache = AnswerCache(config.cache.size, self.stats)
+        self.upstreams = Upstreams(config, self.stats)
+        self.admission = Admission(config.access)
+        self.events = EventRecorder.from_config(config, self.stats)
+        self.holder = PolicyHolder(config, self._on_swap, self.stats)
+        self.policy: Policy = _EMPTY_POLICY
+        self.udp_payload = config.server.udp_payload
+        self.inspect_answers = config.policy.inspect_answers
+        self.trusted_relays = tuple(ipaddress.ip_network(n, strict=False) for n in config.devices.trusted_relays)
+        self.inflight: dict[CacheKey, asyncio.Future[Entry | None]] = {}
+        self.tcp_connections = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.transports: list[Any] = []
+        self.tcp_servers: list[asyncio.Server] = []
+        self.stopping: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ the query path
+
+    def handle(self, data: bytes, client: str, proto: str) -> bytes | wire.Query | None:
+        """Answer now (bytes), forward (the parsed Query: see resolve()), or drop (None)."""
+        stats = self.stats
+        stats.queries[proto] = stats.queries.get(proto, 0) + 1
+        started = time.perf_counter()
+        # 1. parse
+        query = wire.parse_query(data)
+        if query.__class__ is not wire.Query:
+            if query == wire.DROP:
+                stats.dropped["malformed"] = stats.dropped.get("malformed", 0) + 1
+                return None
+            return self._done(wire.error_echo(data, query), "error", query, started)  # type: ignore[arg-type]
+        assert isinstance(query, wire.Query)
+        # 2. admit
+        refusal = self.admission.check(client)
+        if refusal:
+            stats.refused[refusal] = stats.refused.get(refusal, 0) + 1
+            if self.admission.drops(refusal):
+                return None
+            return self._done(wire.simple_answer(query, wire.REFUSED, self.udp_payload), "refused",
+                              wire.REFUSED, started)
+        if query.edns_version:
+            return self._done(wire.simple_answer(query, wire.BADVERS, self.udp_payload), "error",
+                              wire.BADVERS, started)
+        if query.qclass != wire.CLASS_IN or query.qtype in (wire.AXFR, wire.IXFR):
+            return self._done(wire.simple_answer(query, wire.REFUSED, self.udp_payload), "refused",
+                              wire.REFUSED, started)
+        # 3. decide
+        rule = self.policy.match_wire(query.qname)
+        if rule is not None and rule.action != "allow":
+            self._record(query, client, rule, "query", proto)
+            # 4. answer a blocked name
+            if rule.action == "block":
+                return self._done(self._fit(query, wire.blocked_answer(query, rule, self.udp_payload), proto),
+                                  "blocked", None, started)
+        # 5. cache
+        key = (query.qname, query.qtype, query.qclass, query.do)
+        entry = self.cache.get(key, time.monotonic())
+        if entry is not None:
+            if entry.rule is not None:
+                self._record(query, client, entry.rule, entry.stage, proto)
+                return self._done(self._fit(query, wire.blocked_answer(query, entry.rule, self.udp_payload), proto),
+                                  "blocked", None, started)
+            return self._done(self._fit(query, self._from_entry(query, entry), proto), "cache", None, started)
+        # 6.-8. forward, inspect, store and reply: resolve()
+        return query
+
+    async def resolve(self, query: wire.Query, client: str, proto: str) -> bytes:
+        """Forward a cache miss (coalescing identical questions), inspect, store, reply."""
+        started = time.perf_counter()
+        key = (query.qname, query.qtype, query.qclass, query.do)
+        future = self.inflight.get(key)
+        if future is None:
+            if len(self.inflight) >= self.config.upstreams.max_in_flight:
+                self.stats.inflight_rejected += 1
+                return self._done(self._servfail(query, b"too many queries in flight"), "error", wire.SERVFAIL,
+                                  started)
+            future = asyncio.get_running_loop().create_future()
+            self.inflight[key] = future
+            try:
+                answer = await self.upstreams.resolve(query.qname, query.qtype, query.qclass, query.do,
+                                                      tcp=proto == "tcp")
+                future.set_result(self._store(key, answer) if answer is not None else None)
+            except Exception:  # never leave waiters hanging on a bug
+                log.exception("forwarding %s failed", from_wire(query.qname))
+                future.set_result(None)
+            finally:
+                del self.inflight[key]
+        entry = await future
+        if entry is None:
+            stale = self.cache.get_stale(key, time.monotonic()) if self.config.cache.serve_stale else None
+            if stale is None or stale.rule is not None:
+                return self._done(self._servfail(query, b"no upstream answered"), "error", wire.SERVFAIL, started)
+            self.stats.cache_stale_served += 1
+            reply = self._from_entry(query, stale, stale=True)
+            return self._done(self._fit(query, reply, proto), "stale", None, started)
+        if entry.rule is not None:
+            self._record(query, client, entry.rule, entry.stage, proto)
+            return self._done(self._fit(query, wire.blocked_answer(query, entry.rule, self.udp_payload), proto),
+                              "blocked", None, started)
+        return self._done(self._fit(query, self._from_entry(query, entry), proto), "upstream", None, started)
+
+    # ------------------------------------------------------------------ answers
+
+    def _done(self, answer: bytes, source: str, rcode: int | None, started: float) -> bytes:
+        stats = self.stats
+        if rcode is None:
+            rcode = answer[3] & 0x0F
+        label = (source, RCODE_NAMES.get(rcode, str(rcode)))
+        stats.responses[label] = stats.responses.get(label, 0) + 1
+        stats.request_duration.observe(time.perf_counter() - started)
+        return answer
+
+    def _fit(self, query: wire.Query, answer: bytes, proto: str) -> bytes:
+        """Over UDP, an answer larger than the client can take becomes a TC answer."""
+        if proto != "udp":
+            return answer
+        limit = min(query.udp_size, self.udp_payload) if query.edns else 512
+        if len(answer) <= limit:
+            return answer
+        return wire.truncated(query, answer, self.udp_payload)
+
+    def _servfail(self, query: wire.Query, why: bytes) -> bytes:
+        ede = wire.ede_option(wire.EDE_NO_REACHABLE_AUTHORITY, why) if query.edns else b""
+        return wire.simple_answer(query, wire.SERVFAIL, self.udp_payload, ede)
+
+    def _from_entry(self, query: wire.Query, entry: Entry, stale: bool = False) -> bytes:
+        """A cached answer for this client: its ID, RD bit, question case and OPT; aged TTLs."""
+        body = entry.render(time.monotonic(), self.config.cache.stale_ttl if stale else 0)
+        arcount = (body[8] << 8 | body[9]) + (1 if query.edns else 0)
+        end_question = 10 + len(query.question)
+        reply = (query.data[:2] + bytes(((body[0] & 0xFE) | (query.flags >> 8 & 0x01), body[1])) + body[2:8]
+                 + _H.pack(arcount) + query.question + body[end_question:])
+        if query.edns:
+            ede = wire.ede_option(wire.EDE_STALE_ANSWER) if stale else b""
+            reply += wire.opt_record(self.udp_payload, query.do, 0, ede)
+        return reply
+
+    def _store(self, key: CacheKey, answer: bytes) -> Entry | None:
+        """Inspect an upstream answer and cache it; None if it is malformed."""
+        try:
+            scan = wire.scan_answer(answer)
+        except wire.MalformedAnswer:
+            self.stats.dropped["bad-upstream-answer"] = self.stats.dropped.get("bad-upstream-answer", 0) + 1
+            return None
+        body = answer[2:]
+        offsets = [o - 2 for o in scan.ttl_offsets]
+        if scan.opt_span is not None:  # our own OPT goes back in per client
+            start, end = scan.opt_span
+            body = answer[2:start] + answer[end:]
+            offsets = [o if o < start - 2 else o - (end - start) for o in offsets]
+            arcount = (body[8] << 8 | body[9]) - 1
+            body = body[:8] + _H.pack(arcount) + body[10:]
+        ttls = [struct.unpack_from("!I", body, o)[0] & 0x7FFFFFFF for o in offsets]
+        now = time.monotonic()
+        cache = self.config.cache
+        entry = Entry(body, offsets, ttls, now, self._lifetime(scan, body), cache.stale_window if cache.serve_stale
+                      else 0)
+        if self.inspect_answers and (scan.cnames or scan.addresses):
+            self._inspect(answer, scan, entry)
+        if entry.expires > now:
+            self.cache.put(key, entry)
+        return entry
+
+    def _lifetime(self, scan: wire.Scan, body: bytes) -> int:
+        cache = self.config.cache
+        rcode = scan.rcode
+        if rcode == wire.SERVFAIL:
+            return cache.servfail_ttl
+        if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+            return 0
+        ancount = body[4] << 8 | body[5]
+        if rcode == wire.NXDOMAIN or ancount == 0:
+            ttl = scan.negative_ttl if scan.negative_ttl is not None else 60
+            return max(cache.min_ttl, min(ttl, cache.negative_ttl))
+        ttl = scan.min_ttl if scan.min_ttl is not None else 0
+        return max(cache.min_ttl, min(ttl, cache.max_ttl)) if ttl else 0
+
+    def _inspect(self, answer: bytes, scan: wire.Scan, entry: Entry) -> None:
+        """A CNAME into a blocked name, or an address in a blocked network, blocks the answer."""
+        policy = self.policy
+        for offset in scan.cnames:
+            try:
+                rule = policy.match_wire(wire.read_name(answer, offset))
+            except wire.MalformedAnswer:
+                continue
+            if rule is not None and rule.action == "block":
+                entry.rule, entry.stage = rule, "cname"
+                return
+        for address in scan.addresses:
+            rule = policy.match_ip(address)
+            if rule is not None and rule.action == "block":
+                entry.rule, entry.stage = rule, "answer-ip"
+                return
+
+    # ------------------------------------------------------------------ events
+
+    def _record(self, query: wire.Query, client: str, rule: Rule, stage: str, proto: str) -> None:
+        key = (rule.list_name, stage, rule.action)
+        self.stats.blocked[key] = self.stats.blocked.get(key, 0) + 1
+        if query.ecs is not None and self.trusted_relays:
+            client = self._ecs_client(query.ecs, client)
+        self.events.record(time.time(), client, query.mac, query.name, query.qtype, rule, stage, proto)
+
+    def _ecs_client(self, ecs: bytes, client: str) -> str:
+        """The device behind a trusted relay, from its EDNS Client Subnet option."""
+        try:
+            address = ipaddress.ip_address(client)
+            if not any(address in network for network in self.trusted_relays) or len(ecs) < 4:
+                return client
+            family, source_prefix = _H.unpack_from(ecs)[0], ecs[2]
+            raw = ecs[4:]
+            if family == 1:
+                return str(ipaddress.IPv4Address(raw.ljust(4, b"\x00")[:4])) if source_prefix else client
+            if family == 2:
+                return str(ipaddress.IPv6Address(raw.ljust(16, b"\x00")[:16])) if source_prefix else client
+        except ValueError:
+            pass
+        return client
+
+    # ------------------------------------------------------------------ policy
+
+    def _on_swap(self, policy: Policy) -> None:
+        """Called by the policy holder, possibly from a worker thread."""
+        if self.loop is None or not self.loop.is_running():
+            self._install(policy)
+        else:
+            self.loop.call_soon_threadsafe(self._install, policy)
+
+    def _install(self, policy: Policy) -> None:
+        self.policy = policy
+        self.cache.clear()  # answers were inspected under the old policy
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.holder.load_initial()  # raises on a broken list: never serve unfiltered
+        for address in self.config.server.listen:
+            await self._listen(address)
+        if self.config.server.user and os.geteuid() == 0:
+            from netblock.privileges import drop_privileges
+
+            drop_privileges(self.config.server.user)
+        self.events.start()
+        self.upstreams.start_health_checks()
+        start_watching = getattr(self.holder, "start_watching", None)
+        if start_watching is not None and self.config.policy.watch:
+            start_watching()
+        self.loop.add_signal_handler(signal.SIGHUP, self._reload_in_thread)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stopping.set)
+        log.info("serving on %s with policy %s (%s), upstreams %s", ", ".join(self.config.server.listen),
+                 self.policy.digest, ", ".join(f"{k}={v}" for k, v in self.policy.entry_counts().items()),
+                 ", ".join(s.address for s in self.upstreams.servers))
+
+    def _reload_in_thread(self) -> None:
+        assert self.loop is not None
+        self.loop.run_in_executor(None, self.holder.reload)
+
+    async def _listen(self, address: str) -> None:
+        assert self.loop is not None
+        host, port = parse_hostport(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        reuse = self.config.server.reuse_port
+        try:
+            transport, _ = await self.loop.create_datagram_endpoint(
+                lambda: UdpListener(self), local_addr=(host, port), family=family, reuse_port=reuse or None)
+            self.transports.append(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            self.tcp_servers.append(await asyncio.start_server(
+                self._tcp_client, host, port, family=family, reuse_address=True, reuse_port=reuse or None,
+                backlog=1024))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self.stopping is not None
+        await self.stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        for transport in self.transports:
+            transport.close()
+        for server in self.tcp_servers:
+            server.close()
+        self.upstreams.stop_health_checks()
+        stop_watching = getattr(self.holder, "stop", None)
+        if stop_watching is not None:
+            stop_watching()
+        await asyncio.get_running_loop().run_in_executor(None, self.events.stop)
+
+    # ------------------------------------------------------------------ TCP
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tcp = self.config.tcp
+        if self.tcp_connections >= tcp.max_connections:
+            self.stats.tcp_connections_rejected += 1
+            writer.close()
+            return
+        self.tcp_connections += 1
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else ""
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            for _ in range(tcp.max_queries_per_connection):
+                try:
+                    prefix = await asyncio.wait_for(reader.readexactly(2), tcp.idle_timeout)
+                    data = await asyncio.wait_for(reader.readexactly(_H.unpack(prefix)[0]), tcp.idle_timeout)
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    break
+                result = self.handle(data, client, "tcp")
+                if result is None:
+                    continue
+                if isinstance(result, bytes):
+                    writer.write(_H.pack(len(result)) + result)
+                    continue
+                task = asyncio.get_running_loop().create_task(self._tcp_forward(result, client, writer))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.wait(pending, timeout=self.config.upstreams.timeout + 1)
+        finally:
+            self.tcp_connections -= 1
+            writer.close()
+
+    async def _tcp_forward(self, query: wire.Query, client: str, writer: asyncio.StreamWriter) -> None:
+        answer = await self.resolve(query, client, "tcp")
+        if not writer.is_closing():
+            writer.write(_H.pack(len(answer)) + answer)
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        result = self.server.handle(data, addr[0], "udp")
+        if result is None:
+            return
+        if result.__class__ is bytes:
+            self.transport.sendto(result, addr)  # type: ignore[union-attr]
+            return
+        asyncio.get_running_loop().create_task(self._forward(result, addr))  # type: ignore[arg-type]
+
+    async def _forward(self, query: wire.Query, addr: tuple[Any, ...]) -> None:
+        answer = await self.server.resolve(query, addr[0], "udp")
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(answer, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors for clients that went away: nothing to do
