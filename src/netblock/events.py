@@ -1,90 +1,412 @@
 """Blocked-attempt events: the query path appends a tuple; a writer thread stores them.
 
-Minimal first version (JSON lines only); the per-device issue adds SQLite, devices,
-rotation, retention and full-disk handling behind the same `record()`.
+`record()` is the whole cost on the query path: one bounded deque append, or one counted
+drop when the queue is full. The writer thread does everything else per batch: names the
+device (devices.py), inserts into the store (SQLite or PostgreSQL, store.py) and appends
+Elastic Common Schema JSON lines to a file rotated by size.
+
+A sink that fails (disk full, database gone) loses that batch, counts it, logs one error
+per minute at most, and is tried again with the next batch: writing resumes by itself
+when space returns, and DNS never waits for it.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import json
+import logging
+import os
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from netblock.config import Config
+from netblock.devices import Device, DeviceIdentifier, Identity
 from netblock.policy.rule import Rule
-from netblock.stats import Stats
+from netblock.store import EventStore, Row, StoreError, open_store
+
+if TYPE_CHECKING:
+    from netblock.config import Config
+    from netblock.stats import Stats
+
+log = logging.getLogger(__name__)
 
 # (time, client ip, client mac or "", name in presentation form, qtype, rule, stage, protocol)
 RawEvent = tuple[float, str, str, str, int, Rule, str, str]
 
+ECS_VERSION = "8.11.0"
+ERROR_INTERVAL = 60.0  # seconds between two error lines about the same failing sink
+RETENTION_INTERVAL = 3600.0  # seconds between two retention passes
+STOP_DRAIN_SECONDS = 5.0  # stop() writes what is queued for at most this long
+
+_QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
+           33: "SRV", 35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
+# What the stage tells about the protocol that carried the name (ECS network.protocol).
+_STAGE_PROTOCOL = {"sni": "tls", "quic": "quic", "http-host": "http", "dot": "tls", "doh": "https"}
+
+
+_TRANSPORT = {"dot": "tcp", "doh": "tcp", "doq": "udp"}
+
+
+def qtype_text(qtype: int) -> str:
+    return _QTYPES.get(qtype) or f"TYPE{qtype}"
+
+
+class _Sink:
+    """Failure bookkeeping for one sink: counts and one error line per minute."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.written = 0
+        self.dropped = 0
+        self.failing = False
+        self._dropped_since_report = 0
+        self._last_report = -ERROR_INTERVAL
+
+    def ok(self, count: int) -> None:
+        self.written += count
+        if self.failing:
+            log.warning("events: writing to %s resumed; %d events were lost while it failed",
+                        self.what, self._dropped_since_report)
+            self.failing = False
+            self._dropped_since_report = 0
+
+    def failed(self, count: int, exc: BaseException) -> None:
+        self.dropped += count
+        self._dropped_since_report += count
+        now = time.monotonic()
+        if not self.failing or now - self._last_report >= ERROR_INTERVAL:
+            log.error("events: cannot write to %s (%s); dropping events, %d lost so far "
+                      "(next report in %.0f s at most)", self.what, exc, self.dropped, ERROR_INTERVAL)
+            self._last_report = now
+        self.failing = True
+
+
+class JsonLines:
+    """An append-only file of JSON lines, rotated by size (`path.1` ... `path.N`).
+
+    A batch is written with plain `os.write` calls on an O_APPEND descriptor; if the disk
+    fills half-way the file is cut back to where the batch began, so a reader never meets
+    half a line."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd = -1
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o640)
+
+    def write(self, data: bytes) -> None:
+        if self._fd >= 0:
+            try:  # moved or removed by someone else (logrotate): start a new file
+                if os.stat(self.path).st_ino != os.fstat(self._fd).st_ino:
+                    self.close()
+            except FileNotFoundError:
+                self.close()
+        if self._fd < 0:
+            self._open()
+        start = os.fstat(self._fd).st_size
+        if start and self.max_bytes and start + len(data) > self.max_bytes:
+            self.rotate()
+            self._open()
+            start = 0
+        view = memoryview(data)
+        try:
+            while view:
+                done = os.write(self._fd, view)
+                if done <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                view = view[done:]
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise
+
+    def rotate(self) -> None:
+        self.close()
+        if self.backups <= 0:
+            self.path.unlink(missing_ok=True)
+            return
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self.path.exists():
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+
+    def purge(self, before: float) -> None:
+        """Retention for the rotated files: remove backups last written before `before`."""
+        for index in range(1, self.backups + 1):
+            backup = self.path.with_name(f"{self.path.name}.{index}")
+            try:
+                if backup.stat().st_mtime < before:
+                    backup.unlink()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+
 
 class EventRecorder:
-    def __init__(self, jsonl_path: str | Path | None, queue_size: int = 100_000, instance: str = "") -> None:
+    def __init__(self, jsonl_path: str | Path | None, queue_size: int = 100_000, instance: str = "", *,
+                 store: str = "", identifier: DeviceIdentifier | None = None, stats: Stats | None = None,
+                 per_device: bool = False, jsonl_max_bytes: int = 100 * 1024 * 1024, jsonl_backups: int = 5,
+                 retention_days: int = 365, batch_size: int = 1000, flush_interval: float = 0.5) -> None:
         self.path = Path(jsonl_path) if jsonl_path else None
+        self.store_target = store
         self.queue: collections.deque[RawEvent] = collections.deque()
         self.queue_size = queue_size
         self.instance = instance
-        self.written = 0
-        self.dropped = 0
+        self.identifier = identifier
+        self.stats = stats
+        self.per_device = per_device
+        self.retention_days = retention_days
+        self.batch_size = max(1, batch_size)
+        self.flush_interval = flush_interval
+        self.jsonl = JsonLines(self.path, jsonl_max_bytes, jsonl_backups) if self.path else None
+        self.store: EventStore | None = None
+        self.store_sink = _Sink(f"the event store {store}") if store else None
+        self.jsonl_sink = _Sink(f"the events file {self.path}") if self.path else None
+        self.queue_dropped = 0  # record() found the queue full
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._next_retention = 0.0
+        self._next_connect = 0.0
 
     @classmethod
     def from_config(cls, config: Config, stats: Stats | None = None) -> EventRecorder:
-        events = config.events
-        path = config.resolve(events.jsonl) if events.enabled and events.jsonl else None
-        return cls(path, events.queue_size, config.server.instance or socket.gethostname())
+        ev = config.events
+        instance = config.server.instance or socket.gethostname()
+        recorder = cls(
+            config.resolve(ev.jsonl) if ev.jsonl else None, ev.queue_size, instance,
+            store=ev.postgres or (str(config.resolve(ev.sqlite)) if ev.sqlite else ""),
+            identifier=DeviceIdentifier.from_config(config), stats=stats,
+            per_device=config.metrics.per_device,
+            jsonl_max_bytes=ev.jsonl_max_bytes, jsonl_backups=ev.jsonl_backups,
+            retention_days=ev.retention_days, batch_size=ev.batch_size, flush_interval=ev.flush_interval,
+        )
+        if not ev.enabled:
+            recorder.path = recorder.jsonl = recorder.jsonl_sink = recorder.store_sink = None
+            recorder.store_target = ""
+            recorder.record = recorder._discard  # type: ignore[method-assign,assignment]
+        return recorder
+
+    # -- the query path
 
     def record(self, ts: float, client_ip: str, mac: str, name: str, qtype: int, rule: Rule,
                stage: str, protocol: str) -> None:
         """Hot path: one append, or one counted drop when the queue is full."""
         if len(self.queue) >= self.queue_size:
-            self.dropped += 1
+            self.queue_dropped += 1
             return
         self.queue.append((ts, client_ip, mac, name, qtype, rule, stage, protocol))
 
+    def _discard(self, *args: Any) -> None:
+        """record() when events are disabled."""
+
+    # -- counters
+
+    @property
+    def _primary(self) -> _Sink | None:
+        return self.store_sink or self.jsonl_sink
+
+    @property
+    def written(self) -> int:
+        """Events stored: in the database, or in the JSON lines when there is no database."""
+        return self._primary.written if self._primary else 0
+
+    @property
+    def dropped(self) -> int:
+        """Events lost: queue full, or the primary sink failed."""
+        return self.queue_dropped + (self._primary.dropped if self._primary else 0)
+
+    @property
+    def jsonl_dropped(self) -> int:
+        return self.jsonl_sink.dropped if self.jsonl_sink else 0
+
+    # -- the writer thread
+
     def start(self) -> None:
-        if self.path is None:
-            return
-        self._thread = threading.Thread(target=self._run, name="netblock-events", daemon=True)
-        self._thread.start()
+        """Open the store (raises StoreError with a clear message) and start the threads."""
+        if self.store_target and self.store is None:
+            self.store = open_store(self.store_target)
+        if self.identifier:
+            self.identifier.start()
+        if self._thread is None and (self.store_sink or self.jsonl_sink):
+            self._stop = False
+            self._thread = threading.Thread(target=self._run, name="netblock-events", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
+        """Write what is queued (for STOP_DRAIN_SECONDS at most), then close the sinks."""
         self._stop = True
+        self._wake.set()
         if self._thread:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=STOP_DRAIN_SECONDS + 5)
+            self._thread = None
+        if self.identifier:
+            self.identifier.stop()
+        if self.store:
+            self.store.close()
+            self.store = None
+        if self.jsonl:
+            self.jsonl.close()
 
     def _run(self) -> None:
-        assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = 0.0
         while True:
-            batch = []
-            while self.queue and len(batch) < 1000:
-                batch.append(self.queue.popleft())
+            if self._stop and not deadline:
+                deadline = time.monotonic() + STOP_DRAIN_SECONDS
+            batch: list[RawEvent] = []
+            queue = self.queue
+            while queue and len(batch) < self.batch_size:
+                batch.append(queue.popleft())
             if batch:
-                with self.path.open("a", encoding="utf-8") as out:
-                    for event in batch:
-                        out.write(json.dumps(to_document(event, self.instance)) + "\n")
-                self.written += len(batch)
-                continue
-            if self._stop:
+                try:
+                    self.write_batch(batch)
+                except Exception as exc:  # never let one bad event end the writer
+                    log.exception("events: writing a batch failed")
+                    if self._primary:
+                        self._primary.failed(len(batch), exc)
+                if deadline and time.monotonic() > deadline:
+                    self.queue_dropped += len(queue)  # shutting down and the sink is too slow
+                    queue.clear()
+                    return
+                if len(queue) >= self.batch_size:
+                    continue
+            elif self._stop:
                 return
-            time.sleep(0.2)
+            self._housekeeping()
+            if not self._stop:
+                self._wake.wait(self.flush_interval)
+
+    def write_batch(self, batch: list[RawEvent]) -> None:
+        rows: list[Row] = []
+        lines: list[str] = []
+        device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
+        for event in batch:
+            identity = self.identify(event[1], event[2])
+            if device_blocked is not None and identity.device.in_inventory:
+                name = identity.device.name
+                device_blocked[name] = device_blocked.get(name, 0) + 1
+            if self.store_sink:
+                rows.append(to_row(event, identity, self.instance))
+            if self.jsonl_sink:
+                lines.append(json.dumps(to_document(event, self.instance, identity), separators=(",", ":")))
+        if self.store_sink:
+            self._write_store(rows)
+        if self.jsonl_sink and self.jsonl:
+            try:
+                self.jsonl.write(("\n".join(lines) + "\n").encode("ascii"))
+                self.jsonl_sink.ok(len(lines))
+            except OSError as exc:
+                self.jsonl_sink.failed(len(lines), exc)
+
+    def _write_store(self, rows: list[Row]) -> None:
+        assert self.store_sink is not None
+        if self.store is None:  # lost earlier (PostgreSQL gone): reconnect at most every few seconds
+            now = time.monotonic()
+            if now >= self._next_connect:
+                self._next_connect = now + 5.0
+                try:
+                    self.store = open_store(self.store_target)
+                except StoreError as exc:
+                    self.store_sink.failed(len(rows), exc)
+                    return
+            else:
+                self.store_sink.failed(len(rows), ConnectionError("event store unavailable"))
+                return
+        try:
+            self.store.write(rows)
+            self.store_sink.ok(len(rows))
+        except Exception as exc:
+            self.store_sink.failed(len(rows), exc)
+            if self.store.kind == "postgres" and getattr(self.store.conn, "closed", False):
+                self.store.close()
+                self.store = None
+
+    def identify(self, client_ip: str, mac: str) -> Identity:
+        if self.identifier:
+            return self.identifier.identify(client_ip, mac)
+        return Identity(Device(client_ip, in_inventory=False), mac, "ip")
+
+    def _housekeeping(self) -> None:
+        now = time.time()
+        if now < self._next_retention or not self.retention_days:
+            return
+        self._next_retention = now + RETENTION_INTERVAL
+        before = now - self.retention_days * 86_400
+        if self.store:
+            try:
+                removed = self.store.purge(before)
+                if removed:
+                    log.info("events: retention removed %d events older than %d days", removed,
+                             self.retention_days)
+            except Exception as exc:
+                log.warning("events: retention pass failed: %s", exc)
+        if self.jsonl:
+            self.jsonl.purge(before)
 
 
-def to_document(event: RawEvent, instance: str = "") -> dict[str, object]:
+def to_row(event: RawEvent, identity: Identity, instance: str) -> Row:
     ts, client_ip, mac, name, qtype, rule, stage, protocol = event
+    device = identity.device
+    return (ts, instance, device.name, 1 if device.in_inventory else 0, device.owner, device.department,
+            identity.source, client_ip, identity.mac or mac, name, qtype_text(qtype), rule.list_name,
+            rule.vendor, rule.pattern, rule.origin, stage, rule.action, rule.policy.id, protocol)
+
+
+def _timestamp(ts: float) -> str:
+    millis = round(ts * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+
+
+def to_document(event: RawEvent, instance: str = "", identity: Identity | None = None) -> dict[str, object]:
+    """One event as an Elastic Common Schema document (netblock's own fields under `netblock`)."""
+    ts, client_ip, mac, name, qtype, rule, stage, protocol = event
+    if identity is None:
+        identity = Identity(Device(client_ip, in_inventory=False), mac, "ip")
+    device = identity.device
+    mac = identity.mac or mac
+    blocked = rule.action == "block"
+    client: dict[str, object] = {"ip": client_ip, "address": client_ip}
+    if mac:
+        client["mac"] = mac.upper().replace(":", "-")  # ECS writes MACs as AA-BB-CC-DD-EE-FF
+    if device.owner:
+        client["user"] = {"name": device.owner}
     return {
-        "@timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z",
-        "event": {"action": rule.action, "category": ["network"], "kind": "event", "reason": stage},
-        "client": {"ip": client_ip, "mac": mac or None},
-        "dns": {"question": {"name": name, "type": qtype}},
-        "rule": {"name": rule.pattern, "ruleset": rule.list_name, "id": rule.origin,
-                 "reference": rule.policy.url, "uuid": rule.policy.id},
-        "network": {"protocol": "dns", "transport": protocol},
-        "observer": {"name": instance, "vendor": rule.vendor},
+        "@timestamp": _timestamp(ts),
+        "ecs": {"version": ECS_VERSION},
+        "message": f"{rule.action} {name} {qtype_text(qtype)} from {device.name} ({client_ip}) "
+                   f"by {rule.list_name} ({rule.pattern}) at {stage}",
+        "event": {"kind": "alert" if blocked else "event", "category": ["network"],
+                  "type": ["denied"] if blocked else ["info"], "action": rule.action,
+                  "outcome": "failure" if blocked else "success", "reason": stage,
+                  "dataset": "netblock.events", "module": "netblock"},
+        "client": client,
+        "dns": {"question": {"name": name, "type": qtype_text(qtype)}, "type": "query"},
+        "rule": {"name": rule.pattern, "ruleset": rule.list_name, "id": rule.origin, "category": rule.vendor,
+                 "description": rule.policy.title, "reference": rule.policy.url},
+        "network": {"protocol": _STAGE_PROTOCOL.get(stage, "dns"),
+                    "transport": _TRANSPORT.get(protocol, protocol)},
+        "observer": {"name": instance, "product": "netblock", "type": "dns"},
+        "netblock": {"stage": stage, "vendor": rule.vendor, "policy_id": rule.policy.id,
+                     "device": {"name": device.name, "known": device.in_inventory, "owner": device.owner,
+                                "department": device.department, "tags": list(device.tags),
+                                "source": identity.source}},
     }
