@@ -40,6 +40,7 @@ class Upstreams:
     down_seconds: float = 5.0  # a failing upstream is tried last for this long
     max_in_flight: int = 1000
     tcp_timeout: float = 3.0
+    health_interval: float = 2.0  # probe every upstream with `. NS`; 0 turns probing off
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,8 @@ class DnsServer:
         body = entry.render(time.monotonic(), self.config.cache.stale_ttl if stale else 0)
         arcount = (body[8] << 8 | body[9]) + (1 if query.edns else 0)
         end_question = 10 + len(query.question)
-        reply = (query.data[:2] + bytes(((body[0] & 0xFE) | (query.flags >> 8 & 0x01), body[1])) + body[2:8]
+        # RD from this client; RA set: we offer recursion whatever the upstream said.
+        reply = (query.data[:2] + bytes(((body[0] & 0xFE) | (query.flags >> 8 & 0x01), body[1] | 0x80)) + body[2:8]
                  + _H.pack(arcount) + query.question + body[end_question:])
         if query.edns:
             ede = wire.ede_option(wire.EDE_STALE_ANSWER) if stale else b""
@@ -285,7 +286,7 @@ class DnsServer:
 
             drop_privileges(self.config.server.user)
         self.events.start()
-        self.upstreams.start_health_checks()
+        self.upstreams.start_health_checks(self.config.upstreams.health_interval)
         start_watching = getattr(self.holder, "start_watching", None)
         if start_watching is not None and self.config.policy.watch:
             start_watching()

@@ -160,7 +160,9 @@ class Upstreams:
 
     # ------------------------------------------------------------------ health
 
-    def start_health_checks(self, interval: float = 2.0) -> None:
+    def start_health_checks(self, interval: float) -> None:
+        if interval <= 0:
+            return
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop(interval))
 
     def stop_health_checks(self) -> None:

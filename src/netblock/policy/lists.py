@@ -112,6 +112,8 @@ def _entries(raw: Any, key: str, container: YMap, out: _Collector, *, network: b
 
 def _response(data: YMap, out: _Collector) -> Response:
     mode = data.get("response", "nxdomain")
+    if "response" in data and mode is None:  # YAML reads a bare `null` as None
+        mode = "null"
     sinkhole = data.get("sinkhole", [])
     if isinstance(mode, str) and mode.startswith("sinkhole"):
         parts = mode.split()
