@@ -242,9 +242,14 @@ class EventRecorder:
     # -- the writer thread
 
     def start(self) -> None:
-        """Open the store (raises StoreError with a clear message) and start the threads."""
-        if self.store_target and self.store is None:
-            self.store = open_store(self.store_target)
+        """Open the store and start the threads. A store that cannot be opened is logged
+        (one clear error) and retried by the writer: DNS serves either way."""
+        if self.store_target and self.store is None and self.store_sink:
+            try:
+                self.store = open_store(self.store_target)
+            except StoreError as exc:
+                self.store_sink.failed(0, exc)
+                self._next_connect = time.monotonic() + 5.0
         if self.identifier:
             self.identifier.start()
         if self._thread is None and (self.store_sink or self.jsonl_sink):

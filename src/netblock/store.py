@@ -117,6 +117,10 @@ class EventStore:
     def describe(self) -> str:
         return self.kind
 
+    def floor(self, expression: str) -> str:
+        """SQL for floor(expression) of a non-negative number (SQLite has no FLOOR by default)."""
+        return f"CAST({expression} AS INTEGER)"
+
     # -- writing (the writer thread)
 
     def write(self, rows: Sequence[Row]) -> None:
@@ -210,6 +214,9 @@ class PostgresStore(EventStore):
         except psycopg.Error as exc:
             self.close()
             raise StoreError(f"{self.describe()}: {exc}".strip()) from None
+
+    def floor(self, expression: str) -> str:
+        return f"FLOOR({expression})"  # a CAST rounds in PostgreSQL
 
     def describe(self) -> str:
         # Never print a password from the DSN.
