@@ -1,0 +1,258 @@
+"""Puts an inspector together from the config: policy, DoH list, events, enforcement,
+and one packet source (live interface, capture file or NFQUEUE)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netblock.config import Config, parse_hostport
+from netblock.inspect.capture import LiveCapture, build_filter, replay_file
+from netblock.inspect.detect import Detection, Engine
+from netblock.inspect.record import Sink
+from netblock.policy.lists import load_list
+from netblock.policy.match import Policy, compile_policy
+from netblock.policy.reload import build_policy
+from netblock.stats import Stats
+from netblock.yamlsrc import SourceError
+
+log = logging.getLogger("netblock.inspect")
+
+ENFORCE_MODES = ("rst", "nft", "nfqueue")
+
+
+@dataclass
+class Loaded:
+    policy: Policy
+    doh: Policy | None
+    doh_name: str
+    resolvers: frozenset[bytes]
+    networks: list[str] = field(default_factory=list)  # blocked and DoH ranges, for the filter
+
+
+def load(config: Config) -> Loaded:
+    """Policy (same lists as the DNS server), DoH list, and netblock's own addresses."""
+    policy, errors = build_policy(config)
+    if policy is None:
+        raise (
+            SourceError(errors[0].path, errors[0].line, errors[0].message)
+            if errors
+            else RuntimeError("no policy")
+        )
+    doh: Policy | None = None
+    doh_name = "doh-resolvers"
+    if config.inspector.doh_list:
+        path = config.resolve(config.inspector.doh_list)
+        lst, errs = load_list(path)
+        if errs:
+            raise errs[0]
+        if lst is not None:
+            doh, doh_name = compile_policy([lst]), lst.name
+    addresses = list(config.inspector.resolvers)
+    if not addresses:  # netblock's own listen addresses, when they are real ones
+        for listen in config.server.listen:
+            host, _ = parse_hostport(listen)
+            ip = ipaddress.ip_address(host)
+            if not (ip.is_loopback or ip.is_unspecified):
+                addresses.append(host)
+    resolvers = frozenset(ipaddress.ip_address(a).packed for a in addresses)
+    networks = [lst_entry.name for lst in policy.lists if lst.action != "allow" for lst_entry in lst.networks]
+    if doh is not None:
+        networks += [e.name for lst in doh.lists for e in lst.networks]
+    return Loaded(policy, doh, doh_name, resolvers, networks)
+
+
+def make_recorder(config: Config, stats: Stats) -> Any:
+    """The shared event store; `from_config` once the per-device work lands."""
+    from netblock import events
+
+    recorder_cls = events.EventRecorder
+    from_config = getattr(recorder_cls, "from_config", None)
+    if from_config is not None:
+        return from_config(config, stats)
+    if not config.events.enabled:
+        return None
+    return recorder_cls(config.resolve(config.events.jsonl), config.events.queue_size, config.server.instance)
+
+
+class Inspector:
+    def __init__(
+        self, config: Config, enforce: tuple[str, ...] = (), keep: int = 0, nft_timeout: int = 300
+    ) -> None:
+        self.config = config
+        self.enforce = enforce
+        self.loaded = load(config)
+        self.stats = Stats()
+        self.events = make_recorder(config, self.stats)
+        self.resetter: Any = None
+        self.killer: Any = None
+        self.sets: Any = None
+        self.verdicts: Any = None
+        self.nft_timeout = nft_timeout
+        self._stop = threading.Event()
+        self.sink = Sink(self.events, self.stats, keep=keep)
+        ins = config.inspector
+        self.engine = Engine(
+            self.loaded.policy,
+            self.sink,
+            doh=self.loaded.doh,
+            doh_list_name=self.loaded.doh_name,
+            resolvers=self.loaded.resolvers,
+            enforcing=bool(enforce),
+            flow_timeout=ins.flow_timeout,
+            max_flows=ins.max_flows,
+        )
+        if not self.loaded.resolvers:
+            log.warning("inspector.resolvers is empty: DNS to foreign resolvers is not detected")
+
+    # -- enforcement set-up and tear-down --------------------------------------------
+    def _start_enforcement(self, interface: str) -> None:
+        if "rst" in self.enforce or "nfqueue" in self.enforce:
+            from netblock.inspect.rst import Killer, Resetter
+
+            self.resetter = Resetter()
+            if interface and "rst" in self.enforce:
+                self.killer = Killer(interface, self.resetter)
+                self.killer.start()
+        if "nft" in self.enforce:
+            from netblock.inspect.nft import Nft, NftSets
+
+            self.sets = NftSets(Nft(), self.nft_timeout)
+            self.sets.install()
+            log.info("nft sets installed (%s)", self.sets.nft.backend)
+        self.sink.resetter = self.resetter if "rst" in self.enforce else None
+        self.sink.killer = self.killer
+        self.sink.sets = self.sets
+
+    def _stop_enforcement(self) -> None:
+        if self.killer is not None:
+            self.killer.stop()
+        if self.sets is not None:
+            self.sets.remove()
+        if self.resetter is not None:
+            self.resetter.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- sources ------------------------------------------------------------------
+    def run_pcap(self, path: str) -> dict[str, Any]:
+        if self.events is not None:
+            self.events.start()
+        started = time.perf_counter()
+        frames, decoded = replay_file(path, self.engine.handle)
+        elapsed = time.perf_counter() - started
+        if self.events is not None:
+            self.events.stop()
+        return self.summary(
+            frames=frames,
+            decoded=decoded,
+            seconds=round(elapsed, 4),
+            pps=round(frames / elapsed) if elapsed > 0 else 0,
+        )
+
+    def run_live(self, interface: str, ready: Path | None = None, duration: float = 0.0) -> dict[str, Any]:
+        capture = LiveCapture(interface, build_filter(self.loaded.networks))
+        self._start_enforcement(interface)
+        if self.events is not None:
+            self.events.start()
+        deadline = time.monotonic() + duration if duration else 0.0
+        if ready is not None:
+            ready.write_text("ready\n")
+        log.info("inspecting %s (enforce: %s)", interface, ",".join(self.enforce) or "none")
+        try:
+            capture.run(
+                self.engine.handle,
+                lambda: self._stop.is_set() or bool(deadline and time.monotonic() > deadline),
+            )
+        finally:
+            drops = capture.drops()
+            capture.close()
+            self._stop_enforcement()
+            if self.events is not None:
+                self.events.stop()
+        return self.summary(frames=capture.received, kernel_drops=drops)
+
+    def run_nfqueue(
+        self,
+        queue: int,
+        interface: str = "",
+        ready: Path | None = None,
+        duration: float = 0.0,
+        rules: bool = True,
+    ) -> dict[str, Any]:
+        from netblock.inspect import nfqueue
+
+        self._start_enforcement(interface)
+        resetter = self.resetter
+        self.verdicts = nfqueue.Verdicts(self.engine.handle, resetter.reset_flow)
+        self.sink.hooks = (*self.sink.hooks, self.verdicts.note)
+        self.sink.resetter = None  # the verdict path resets; the sink must not send twice
+        if rules:
+            nfqueue.install(queue)
+        if self.events is not None:
+            self.events.start()
+        deadline = time.monotonic() + duration if duration else 0.0
+        if ready is not None:
+            ready.write_text("ready\n")
+        try:
+            nfqueue.run_queue(
+                queue,
+                self.verdicts,
+                lambda: self._stop.is_set() or bool(deadline and time.monotonic() > deadline),
+            )
+        finally:
+            if rules:
+                nfqueue.remove()
+            self._stop_enforcement()
+            if self.events is not None:
+                self.events.stop()
+        return self.summary(
+            accepted=self.verdicts.accepted, dropped=self.verdicts.dropped, errors=self.verdicts.errors
+        )
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "packets": self.engine.packets,
+            "detections": self.sink.count,
+            "by_stage": dict(self.sink.by_stage),
+            "notes": dict(self.engine.notes),
+        }
+        if self.resetter is not None:
+            out["resets_sent"] = self.resetter.sent
+        if self.killer is not None:
+            out["follow_up_resets"] = self.killer.resent
+        if self.sets is not None:
+            out["nft_elements"] = self.sets.added
+            out["nft_errors"] = self.sets.errors
+        if self.events is not None:
+            out["events_dropped"] = getattr(self.events, "dropped", 0)
+        out.update(extra)
+        return out
+
+
+def describe(det: Detection) -> dict[str, Any]:
+    """A detection as a plain dict (for --pcap output)."""
+    return {
+        "ts": det.pkt.ts,
+        "stage": det.stage,
+        "name": det.name,
+        "qtype": det.qtype,
+        "client": det.client_ip,
+        "mac": det.mac,
+        "server": det.server_ip,
+        "sport": det.pkt.sport,
+        "dport": det.pkt.dport,
+        "protocol": det.protocol,
+        "list": det.rule.list_name,
+        "pattern": det.rule.pattern,
+        "action": det.rule.action,
+        "alpn": list(det.alpn),
+        "ech": det.ech,
+        "quic_version": det.version,
+    }
