@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _LABEL = re.compile(rb"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
+_PLAIN = re.compile(rb"[A-Za-z0-9_-]*")  # labels that need no escaping
 
 
 class NameError_(ValueError):
@@ -49,12 +50,13 @@ def from_wire(wire: bytes) -> str:
     the three-label name."""
     labels = []
     i = 0
+    plain = _PLAIN.fullmatch
     while i < len(wire):
         length = wire[i]
         if length == 0:
             break
         raw = wire[i + 1 : i + 1 + length]
-        labels.append(escape_label(raw))
+        labels.append(raw.decode("ascii") if plain(raw) else escape_label(raw))
         i += 1 + length
     return ".".join(labels) + "." if labels else "."
 

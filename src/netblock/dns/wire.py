@@ -199,24 +199,19 @@ def _address_records(
     return tuple(b"\xc0\x0c" + _RR.pack(query.qtype, CLASS_IN, ttl, len(a)) + a for a in addresses)
 
 
+_soa_records: dict[int, bytes] = {}  # block TTL -> the SOA record after its owner name
+
+
 def _soa(query: Query, rule: Rule, ttl: int) -> bytes:
     # The SOA owner is the blocked zone: a pointer into the question name where the
     # matching suffix starts, so clients cache the negative answer for the whole zone.
-    owner_offset = _suffix_offset(query.qname, rule)
-    rdata = _SOA_TAIL + struct.pack("!IIIII", 1, 3600, 600, 86400, ttl)
-    return _H.pack(0xC000 | (12 + owner_offset)) + _RR.pack(SOA, CLASS_IN, ttl, len(rdata)) + rdata
-
-
-def _suffix_offset(qname: bytes, rule: Rule) -> int:
-    if rule.kind == "network":
-        return 0
-    pattern_labels = rule.pattern.count(".") + 1
-    labels = []
-    offset = 0
-    while qname[offset]:
-        labels.append(offset)
-        offset += qname[offset] + 1
-    return labels[-pattern_labels] if len(labels) >= pattern_labels else 0
+    # A domain pattern of n characters is n + 2 octets in wire form.
+    owner_offset = 0 if rule.kind == "network" else max(len(query.qname) - len(rule.pattern) - 2, 0)
+    record = _soa_records.get(ttl)
+    if record is None:
+        rdata = _SOA_TAIL + struct.pack("!IIIII", 1, 3600, 600, 86400, ttl)
+        record = _soa_records[ttl] = _RR.pack(SOA, CLASS_IN, ttl, len(rdata)) + rdata
+    return _H.pack(0xC000 | (12 + owner_offset)) + record
 
 
 def truncated(query: Query, answer: bytes, udp_size: int) -> bytes:
