@@ -1,0 +1,259 @@
+"""Shared parts for the reliability tests (no tests here): raw DNS bytes, a scriptable fake
+upstream, a real unbound for differential checks, and /metrics scraping.
+
+Everything talks to loopback only; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import free_port, wait_for
+
+QNAME = b"\x03www\x07example\x04test\x00"
+
+
+def header(qid: int = 0x1234, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0,
+           ar: int = 0) -> bytes:
+    return struct.pack("!HHHHHH", qid, flags, qd, an, ns, ar)
+
+
+def question(name: bytes = QNAME, qtype: int = 1, qclass: int = 1) -> bytes:
+    return name + struct.pack("!HH", qtype, qclass)
+
+
+def opt(udp_size: int = 1232, version: int = 0, flags: int = 0, options: bytes = b"",
+        rdlength: int | None = None) -> bytes:
+    ttl = (version & 0xFF) << 16 | flags
+    size = len(options) if rdlength is None else rdlength
+    return b"\x00" + struct.pack("!HHIH", 41, udp_size, ttl, size) + options
+
+
+def wire_name(name: str) -> bytes:
+    return b"".join(bytes((len(p),)) + p.encode() for p in name.rstrip(".").split(".") if p) + b"\x00"
+
+
+def exchange(port: int, data: bytes, timeout: float = 1.0, host: str = "127.0.0.1") -> bytes | None:
+    """Send raw bytes over UDP; the first datagram back, or None after `timeout`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.send(data)
+        try:
+            return sock.recv(65535)
+        except (TimeoutError, ConnectionRefusedError):
+            return None
+
+
+def tcp_frames(port: int, frames: list[bytes], expect: int, timeout: float = 2.0) -> list[bytes]:
+    """Send length-prefixed (or raw, if a frame is already framed) messages on one connection
+    and read up to `expect` answers."""
+    answers: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"".join(frames))
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while len(answers) < expect and time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65535)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            while len(buf) >= 2 and len(buf) >= 2 + struct.unpack_from("!H", buf)[0]:
+                size = struct.unpack_from("!H", buf)[0]
+                answers.append(buf[2 : 2 + size])
+                buf = buf[2 + size :]
+    return answers
+
+
+def framed(message: bytes) -> bytes:
+    return struct.pack("!H", len(message)) + message
+
+
+def rcode_of(answer: bytes) -> int:
+    """The full rcode: header bits plus the OPT extended bits when an OPT is present."""
+    import dns.message
+
+    base = answer[3] & 0x0F
+    try:
+        message = dns.message.from_wire(answer, ignore_trailing=True)
+    except Exception:
+        return base
+    return int(message.rcode())
+
+
+def scrape(metrics_port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)$"
+    match = re.search(pattern, text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+# ---------------------------------------------------------------- a scriptable fake upstream
+
+
+Handler = Callable[[bytes, tuple[str, int]], "bytes | None"]
+
+
+def answer_a(query: bytes, address: bytes = b"\xc0\x00\x02\x01", ttl: int = 300) -> bytes:
+    """A NOERROR answer to `query` with one A record (the question copied as asked)."""
+    end = 12
+    while query[end]:
+        end += query[end] + 1
+    end += 5
+    flags = 0x8180 | (query[2] << 8 & 0x0100)
+    rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, ttl, 4) + address
+    return query[:2] + struct.pack("!HHHHH", flags, 1, 1, 0, 0) + query[12:end] + rr
+
+
+class FakeUpstream:
+    """A UDP 'resolver' on 127.0.0.1 run by a thread: records (time, source port, ID,
+    question) of every query and answers via `handler` (None: stay silent)."""
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.port = free_port()
+        self.handler = handler
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.settimeout(0.1)
+        self.seen: list[tuple[float, int, int, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> FakeUpstream:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            if len(data) < 12:
+                continue
+            end = 12
+            while end < len(data) and data[end]:
+                end += data[end] + 1
+            self.seen.append((time.monotonic(), peer[1], data[0] << 8 | data[1], data[12 : end + 5]))
+            handler = self.handler
+            if handler is None:
+                continue
+            reply = handler(data, peer)
+            if reply is not None:
+                try:
+                    self.sock.sendto(reply, peer)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- a real unbound
+
+
+class Unbound:
+    """unbound on 127.0.0.1 forwarding everything to `forward` (e.g. the NSD upstream):
+    the anchor that netblock's answers are compared with."""
+
+    def __init__(self, workdir: Path, forward: str) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.forward = forward.replace(":", "@")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Unbound:
+        conf = self.dir / "unbound.conf"
+        conf.write_text(f"""server:
+  interface: 127.0.0.1@{self.port}
+  port: {self.port}
+  username: ""
+  chroot: ""
+  directory: "{self.dir}"
+  pidfile: "{self.dir}/unbound.pid"
+  use-syslog: no
+  logfile: "{self.dir}/unbound.log"
+  do-daemonize: no
+  num-threads: 1
+  access-control: 127.0.0.0/8 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  qname-minimisation: no
+  verbosity: 0
+  local-zone: "test." nodefault
+remote-control:
+  control-enable: no
+forward-zone:
+  name: "."
+  forward-addr: {self.forward}
+""")
+        self.proc = subprocess.Popen(["unbound", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        probe = header(qid=7) + question()
+        if not wait_for(lambda: exchange(self.port, probe, 0.3) is not None, 10):
+            self.stop()
+            raise RuntimeError("unbound did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+
+    def __enter__(self) -> Unbound:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
