@@ -100,8 +100,8 @@ class DnsServer:
         if entry is not None:
             if entry.rule is not None:
                 self._record(query, client, entry.rule, entry.stage, proto)
-                return self._done(self._fit(query, wire.blocked_answer(query, entry.rule, self.udp_payload), proto),
-                                  "blocked", None, started)
+                answer = wire.blocked_answer(query, entry.rule, self.udp_payload, name_matched=False)
+                return self._done(self._fit(query, answer, proto), "blocked", None, started)
             return self._done(self._fit(query, self._from_entry(query, entry), proto), "cache", None, started)
         # 6.-8. forward, inspect, store and reply: resolve()
         return query
@@ -137,8 +137,8 @@ class DnsServer:
             return self._done(self._fit(query, reply, proto), "stale", None, started)
         if entry.rule is not None:
             self._record(query, client, entry.rule, entry.stage, proto)
-            return self._done(self._fit(query, wire.blocked_answer(query, entry.rule, self.udp_payload), proto),
-                              "blocked", None, started)
+            answer = wire.blocked_answer(query, entry.rule, self.udp_payload, name_matched=False)
+            return self._done(self._fit(query, answer, proto), "blocked", None, started)
         return self._done(self._fit(query, self._from_entry(query, entry), proto), "upstream", None, started)
 
     # ------------------------------------------------------------------ answers

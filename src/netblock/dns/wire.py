@@ -168,8 +168,9 @@ def simple_answer(query: Query, rcode: int, udp_size: int = 1232, ede: bytes = b
 _SOA_TAIL = b"\x08netblock\x07invalid\x00\x0ahostmaster\x08netblock\x07invalid\x00"
 
 
-def blocked_answer(query: Query, rule: Rule, udp_size: int = 1232) -> bytes:
-    """The policy answer for a blocked name, per the list's response mode."""
+def blocked_answer(query: Query, rule: Rule, udp_size: int = 1232, name_matched: bool = True) -> bytes:
+    """The policy answer for a blocked name, per the list's response mode. `name_matched`
+    is False when the rule matched something else (a CNAME target, an answer address)."""
     response = rule.response
     mode = response.mode
     ttl = rule.block_ttl
@@ -181,7 +182,7 @@ def blocked_answer(query: Query, rule: Rule, udp_size: int = 1232) -> bytes:
         if mode in ("null", "sinkhole") and query.qtype in (A, AAAA):
             answers = _address_records(query, response.sinkhole_v4, response.sinkhole_v6, mode, ttl)
     ancount = len(answers)
-    authority = b"" if rcode == REFUSED or answers else _soa(query, rule, ttl)
+    authority = b"" if rcode == REFUSED or answers else _soa(query, rule, ttl, name_matched)
     counts = _HHHH.pack(1, ancount, 1 if authority else 0, 1 if query.edns else 0)
     message = query.data[:2] + _flags(query, rcode) + counts + query.question + b"".join(answers) + authority
     if query.edns:
@@ -202,11 +203,11 @@ def _address_records(
 _soa_records: dict[int, bytes] = {}  # block TTL -> the SOA record after its owner name
 
 
-def _soa(query: Query, rule: Rule, ttl: int) -> bytes:
+def _soa(query: Query, rule: Rule, ttl: int, name_matched: bool) -> bytes:
     # The SOA owner is the blocked zone: a pointer into the question name where the
     # matching suffix starts, so clients cache the negative answer for the whole zone.
     # A domain pattern of n characters is n + 2 octets in wire form.
-    owner_offset = 0 if rule.kind == "network" else max(len(query.qname) - len(rule.pattern) - 2, 0)
+    owner_offset = max(len(query.qname) - len(rule.pattern) - 2, 0) if name_matched else 0
     record = _soa_records.get(ttl)
     if record is None:
         rdata = _SOA_TAIL + struct.pack("!IIIII", 1, 3600, 600, 86400, ttl)
