@@ -177,3 +177,39 @@ def test_qdcount_two_with_blocked_second_question_is_formerr(netblock: Netblock)
     response = dns.query.udp(message, "127.0.0.1", port=netblock.port, timeout=3, ignore_unexpected=True,
                              one_rr_per_rrset=True)
     assert response.rcode() == dns.rcode.FORMERR
+
+
+def test_ipv6_listener(netblock: Netblock) -> None:
+    message = dns.message.make_query("weixin.qq.com", "A", use_edns=0)
+    response = dns.query.udp(message, "::1", port=netblock.port, timeout=3)
+    assert response.rcode() == dns.rcode.NXDOMAIN
+    response = dns.query.tcp(dns.message.make_query("www.example.test", "AAAA"), "::1", port=netblock.port,
+                             timeout=3)
+    assert response.answer[0][0].to_text() == "2001:db8::10"
+
+
+def test_tcp_several_queries_on_one_connection(netblock: Netblock) -> None:
+    import socket
+    import struct
+
+    names = ["weixin.qq.com", "www.example.test", "chain1.example.test", "kaspersky.com", "txt.example.test"]
+    messages = [dns.message.make_query(n, "A", id=1000 + i) for i, n in enumerate(names)]
+    with socket.create_connection(("127.0.0.1", netblock.port), timeout=5) as sock:
+        # Pipelined: all queries first, then read; answers may come in any order.
+        sock.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (m.to_wire() for m in messages)))
+        answers = {}
+        buffer = b""
+        while len(answers) < len(messages):
+            while len(buffer) < 2 or len(buffer) < 2 + struct.unpack("!H", buffer[:2])[0]:
+                chunk = sock.recv(65535)
+                assert chunk, "connection closed early"
+                buffer += chunk
+            length = struct.unpack("!H", buffer[:2])[0]
+            response = dns.message.from_wire(buffer[2 : 2 + length])
+            buffer = buffer[2 + length :]
+            answers[response.id] = response
+    for i, name in enumerate(names):
+        response = answers[1000 + i]
+        assert response.question[0].name.to_text() == name + "."
+        blocked = name in ("weixin.qq.com", "kaspersky.com")
+        assert response.rcode() == (dns.rcode.NXDOMAIN if blocked else dns.rcode.NOERROR)
