@@ -341,7 +341,9 @@ class EventRecorder:
             self.store_sink.ok(len(rows))
         except Exception as exc:
             self.store_sink.failed(len(rows), exc)
-            if self.store.kind == "postgres" and getattr(self.store.conn, "closed", False):
+            conn = self.store.conn
+            lost = getattr(conn, "broken", False) or getattr(conn, "closed", False)
+            if self.store.kind == "postgres" and lost:
                 self.store.close()
                 self.store = None
 
