@@ -227,7 +227,7 @@ def validate(doc: dict[str, Any]) -> None:
 
 
 def test_kubernetes_manifests_pass_schema_validation():
-    docs = manifests() + [("blocklists", blocklists_configmap())]
+    docs = [*manifests(), ("blocklists", blocklists_configmap())]
     kinds = sorted(d["kind"] for _, d in docs)
     assert kinds == sorted(
         [
