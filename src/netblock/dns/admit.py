@@ -35,8 +35,9 @@ class Admission:
         self.action = access.action
         self.limit_action = access.rate_limit.action
         self.capacity = float(access.rate_limit.queries)
-        self.refill = access.rate_limit.queries / access.rate_limit.per_seconds if access.rate_limit.per_seconds else 0
-        self.max_clients = access.rate_limit.max_clients
+        per_seconds = access.rate_limit.per_seconds
+        self.refill = access.rate_limit.queries / per_seconds if per_seconds else 0
+        self.max_clients = max(2, access.rate_limit.max_clients)  # 0 or 1 would never evict
         self._allowed: dict[str, bool] = {}
         self._buckets: dict[str, list[float]] = {}  # client -> [tokens, last refill time]
         self._exempt: dict[str, bool] = {}
@@ -58,6 +59,8 @@ class Admission:
         if bucket is None:
             exempt = self._exempt.get(client)
             if exempt is None:
+                if len(self._exempt) >= self.max_clients:  # bounded like the others
+                    self._exempt.clear()
                 exempt = self._exempt[client] = _contains(self.exempt, client)
             if exempt:
                 return ""
