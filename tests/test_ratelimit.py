@@ -1,0 +1,99 @@
+"""Per-client rate limit: one loopback client over its bucket is refused while another
+client (another loopback source address) in the same second is not; an exempt relay is
+never limited; the bucket table stays bounded under a flood of source addresses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from harness import Netblock, Nsd
+from netblock.config import Access, RateLimit
+from netblock.dns.admit import Admission
+from test_reliability_tools import metric, scrape
+
+LIMIT = 20
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, upstream: Nsd) -> Iterator[Netblock]:
+    config = {"access": {"rate_limit": {"queries": LIMIT, "per_seconds": 60, "exempt": ["127.0.0.4/32"]}}}
+    with Netblock(tmp_path_factory.mktemp("ratelimit"), [upstream.address], config=config) as nb:
+        yield nb
+
+
+def _rcodes(server: Netblock, source: str, count: int, tcp: bool = False) -> list[str]:
+    out = []
+    for i in range(count):
+        query = dns.message.make_query("www.example.test" if i % 2 else "weixin.qq.com", "A")
+        ask = dns.query.tcp if tcp else dns.query.udp
+        response = ask(query, "127.0.0.1", port=server.port, timeout=2, source=source)
+        out.append(dns.rcode.to_text(response.rcode()))
+    return out
+
+
+def test_client_over_limit_is_refused_and_another_is_not(server: Netblock) -> None:
+    before = metric(scrape(server.metrics_port), "netblock_refused_total", 'reason="ratelimit"')
+    started = time.monotonic()
+    heavy = _rcodes(server, "127.0.0.2", LIMIT + 10)
+    light = _rcodes(server, "127.0.0.3", 5)
+    assert time.monotonic() - started < 5  # well inside one refill of a single token (3 s)
+    assert "REFUSED" not in heavy[:LIMIT]
+    assert heavy[LIMIT:] == ["REFUSED"] * 10
+    assert "REFUSED" not in light
+    # TCP shares the bucket: still limited.
+    assert _rcodes(server, "127.0.0.2", 2, tcp=True) == ["REFUSED", "REFUSED"]
+    after = metric(scrape(server.metrics_port), "netblock_refused_total", 'reason="ratelimit"')
+    assert after - before == 12
+
+
+def test_exempt_relay_is_not_limited(server: Netblock) -> None:
+    assert "REFUSED" not in _rcodes(server, "127.0.0.4", LIMIT * 3)
+
+
+def test_bucket_refills() -> None:
+    admission = Admission(Access(rate_limit=RateLimit(queries=10, per_seconds=0.5)))
+    assert all(admission.check("10.0.0.1") == "" for _ in range(10))
+    assert admission.check("10.0.0.1") == "ratelimit"
+    time.sleep(0.12)  # 0.12 s * 20 tokens/s = 2 tokens
+    assert admission.check("10.0.0.1") == ""
+    assert admission.check("10.0.0.1") == ""
+    assert admission.check("10.0.0.1") == "ratelimit"
+
+
+def test_drop_action() -> None:
+    admission = Admission(Access(rate_limit=RateLimit(queries=1, action="drop")))
+    assert admission.check("10.0.0.1") == ""
+    assert admission.check("10.0.0.1") == "ratelimit"
+    assert admission.drops("ratelimit") and not admission.drops("acl")
+
+
+def test_tables_stay_bounded_under_many_source_addresses() -> None:
+    limits = RateLimit(queries=5, max_clients=1000, exempt=("10.200.0.0/16",))
+    admission = Admission(Access(allow=("10.0.0.0/8",), rate_limit=limits))
+    limited = "10.255.255.254"
+    for _ in range(5):
+        admission.check(limited)
+    assert admission.check(limited) == "ratelimit"
+    for i in range(200_000):
+        client = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        assert admission.check(client) == ""
+        assert len(admission._buckets) <= 1000
+    assert len(admission._allowed) <= 1000
+    assert len(admission._exempt) <= 1000
+    # A client that just used a token keeps being limited correctly after the flood.
+    fresh = "10.254.0.1"
+    assert [admission.check(fresh) for _ in range(6)] == [""] * 5 + ["ratelimit"]
+
+
+@pytest.mark.parametrize("max_clients", [0, 1, 2])
+def test_tiny_table_sizes_still_bounded(max_clients: int) -> None:
+    admission = Admission(Access(allow=("10.0.0.0/8",), rate_limit=RateLimit(max_clients=max_clients)))
+    for i in range(1000):
+        admission.check(f"10.0.{i >> 8}.{i & 255}")
+    assert len(admission._buckets) <= 2
