@@ -248,6 +248,7 @@ def test_dashboard_queries_run_in_real_prometheus(stack):
     server.query("weixin.qq.com")  # so the blocked panels have something, whatever ran before
     dashboard = json.loads((REPO / "deploy" / "grafana" / "netblock.json").read_text())
     substitutions = {"$__rate_interval": "1m", "$__range": "10m", "$instance": ".*"}
+    assert wait_for(lambda: prom.vector("netblock_policy_loaded", "job"), 20, 0.25)
     results = {}
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
@@ -257,7 +258,6 @@ def test_dashboard_queries_run_in_real_prometheus(stack):
             assert "$" not in expr, expr
             # api() asserts status success: a PromQL syntax error is a 400 and fails here.
             results[(panel["title"], target["refId"])] = prom.api("query", query=expr)["result"]
-    assert wait_for(lambda: prom.vector("netblock_policy_loaded", "job"), 20, 0.25)
     for title in ("Policy entries per list", "Healthy upstreams", "Policy reload", "Cache entries"):
         assert results[(title, "A")], title
     # Panels over counters need our traffic and two scrapes; re-run the blocked-by-vendor one.
