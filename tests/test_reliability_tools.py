@@ -101,7 +101,7 @@ def scrape(metrics_port: int) -> str:
 
 def metric(text: str, name: str, labels: str = "") -> float:
     """The value of one sample in Prometheus text format (0 when absent)."""
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)$"
+    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)$"
     match = re.search(pattern, text, re.M)
     return float(match.group(1)) if match else 0.0
 
