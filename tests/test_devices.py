@@ -171,8 +171,12 @@ def sources(tmp_path: Path) -> dict[str, Path]:
 
 def identifier_for(paths: dict[str, Path], **kwargs: object) -> DeviceIdentifier:
     ident = DeviceIdentifier(
-        inventory=str(paths["inventory"]), dnsmasq_leases=[str(paths["dnsmasq"])], kea_leases=[str(paths["kea"])],
-        dhcpd_leases=[str(paths["dhcpd"])], arp_path=str(paths["arp"]), ip6_neigh=lambda: IP6_NEIGH,
+        inventory=str(paths["inventory"]),
+        dnsmasq_leases=[str(paths["dnsmasq"])],
+        kea_leases=[str(paths["kea"])],
+        dhcpd_leases=[str(paths["dhcpd"])],
+        arp_path=str(paths["arp"]),
+        ip6_neigh=lambda: IP6_NEIGH,
         **kwargs,  # type: ignore[arg-type]
     )
     ident.refresh()
@@ -186,13 +190,20 @@ def test_source_order(sources: dict[str, Path]) -> None:
     assert (found.device.name, found.source, found.device.owner) == ("router-behind", "edns-mac", "Bob")
     # 2. Inventory IP.
     found = ident.identify("10.0.0.5")
-    assert (found.device.name, found.source, found.device.department) == ("finance-laptop", "inventory-ip", "Finance")
+    assert (found.device.name, found.source, found.device.department) == (
+        "finance-laptop",
+        "inventory-ip",
+        "Finance",
+    )
     # 3. Lease MAC -> inventory MAC (dnsmasq, dhcpd), beating the CIDR that also covers it.
     assert ident.identify("10.0.1.3").device.name == "lease-known"
     assert ident.identify("10.0.1.3").source == "lease-mac"
     assert ident.identify("10.0.3.4").device.name == "lease-known"
     # 4. Neighbour MAC -> inventory MAC, IPv4 and IPv6.
-    assert (ident.identify("10.0.4.4").device.name, ident.identify("10.0.4.4").source) == ("arp-known", "neighbour-mac")
+    assert (ident.identify("10.0.4.4").device.name, ident.identify("10.0.4.4").source) == (
+        "arp-known",
+        "neighbour-mac",
+    )
     assert ident.identify("2001:db8::6").device.name == "v6-known"
     # 5. CIDR, longest prefix first.
     assert ident.identify("10.0.9.9").device.name == "office-room"
@@ -208,27 +219,39 @@ def test_source_order(sources: dict[str, Path]) -> None:
     assert found.device.name == "office-net" and found.mac == "aa:bb:cc:00:00:46"
     found = ident.identify("192.0.2.1", "aa:bb:cc:ff:ff:ff")
     assert (found.device.name, found.source, found.mac, found.device.in_inventory) == (
-        "192.0.2.1", "ip", "aa:bb:cc:ff:ff:ff", False)
+        "192.0.2.1",
+        "ip",
+        "aa:bb:cc:ff:ff:ff",
+        False,
+    )
 
 
 def test_lease_hostname_names_unlisted_device(tmp_path: Path) -> None:
     (tmp_path / "inv.yaml").write_text("devices: []\n")
     (tmp_path / "kea.csv").write_text(KEA)
-    ident = DeviceIdentifier(inventory=str(tmp_path / "inv.yaml"), kea_leases=[str(tmp_path / "kea.csv")],
-                             neighbours=False)
+    ident = DeviceIdentifier(
+        inventory=str(tmp_path / "inv.yaml"), kea_leases=[str(tmp_path / "kea.csv")], neighbours=False
+    )
     ident.refresh()
     found = ident.identify("10.0.2.1")
     assert (found.device.name, found.source, found.mac, found.device.in_inventory) == (
-        "new-holder", "lease-hostname", "aa:bb:cc:00:00:77", False)
+        "new-holder",
+        "lease-hostname",
+        "aa:bb:cc:00:00:77",
+        False,
+    )
 
 
 def test_lease_expired_a_day_ago_names_nobody(tmp_path: Path) -> None:
     (tmp_path / "inv.yaml").write_text("devices: []\n")
     stale = int(time.time()) - 2 * 86_400
-    (tmp_path / "leases").write_text(f"{stale} aa:bb:cc:00:00:10 10.0.5.1 gone *\n"
-                                     f"{int(time.time()) + 600} aa:bb:cc:00:00:11 10.0.5.2 here *\n")
-    ident = DeviceIdentifier(inventory=str(tmp_path / "inv.yaml"), dnsmasq_leases=[str(tmp_path / "leases")],
-                             neighbours=False)
+    (tmp_path / "leases").write_text(
+        f"{stale} aa:bb:cc:00:00:10 10.0.5.1 gone *\n"
+        f"{int(time.time()) + 600} aa:bb:cc:00:00:11 10.0.5.2 here *\n"
+    )
+    ident = DeviceIdentifier(
+        inventory=str(tmp_path / "inv.yaml"), dnsmasq_leases=[str(tmp_path / "leases")], neighbours=False
+    )
     ident.refresh()
     assert ident.identify("10.0.5.1").source == "ip"
     assert ident.identify("10.0.5.2").device.name == "here"
@@ -257,15 +280,22 @@ def test_background_refresh_picks_up_changes(sources: dict[str, Path]) -> None:
         ident.stop()
 
 
-@pytest.mark.parametrize(("text", "line", "message"), [
-    ("devices:\n  - name: a\n    ips: [10.0.0.300]\n", 3, "not an IP address"),
-    ("devices:\n  - name: a\n    macs: [zz]\n", 3, "not a MAC"),
-    ("devices:\n  - name: a\n  - name: a\n", 3, "already defined"),
-    ("devices:\n  - name: a\n    ips: [10.0.0.1]\n  - name: b\n    ips: [10.0.0.1]\n", 5, "already belongs"),
-    ("devices:\n  - name: a\n    colour: red\n", 3, "unknown key"),
-    ("devices:\n  - owner: x\n", 2, "'name' is required"),
-    ("devices:\n  - name: a\n    cidrs: [10.0.0.0/33]\n", 3, "not a network"),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("devices:\n  - name: a\n    ips: [10.0.0.300]\n", 3, "not an IP address"),
+        ("devices:\n  - name: a\n    macs: [zz]\n", 3, "not a MAC"),
+        ("devices:\n  - name: a\n  - name: a\n", 3, "already defined"),
+        (
+            "devices:\n  - name: a\n    ips: [10.0.0.1]\n  - name: b\n    ips: [10.0.0.1]\n",
+            5,
+            "already belongs",
+        ),
+        ("devices:\n  - name: a\n    colour: red\n", 3, "unknown key"),
+        ("devices:\n  - owner: x\n", 2, "'name' is required"),
+        ("devices:\n  - name: a\n    cidrs: [10.0.0.0/33]\n", 3, "not a network"),
+    ],
+)
 def test_inventory_errors_name_file_and_line(tmp_path: Path, text: str, line: int, message: str) -> None:
     path = tmp_path / "inv.yaml"
     path.write_text(text)

@@ -21,10 +21,28 @@ from netblock.policy.rule import Citation, Response, Rule
 from netblock.stats import Stats
 from netblock.store import SCHEMA_VERSION, StoreError, open_store
 
-BLOCK = Rule("wechat", "Tencent WeChat (Weixin)", "weixin.qq.com", "subtree", "block", Response(),
-             Citation("GOV-1", "Ban", "https://policy.example/ban"), 300, "wechat.yaml:12")
-MONITOR = Rule("kaspersky-monitor", "Kaspersky", "support.kaspersky.com", "subtree", "monitor", Response(),
-               Citation("GOV-2"), 300, "kaspersky-monitor.yaml:3")
+BLOCK = Rule(
+    "wechat",
+    "Tencent WeChat (Weixin)",
+    "weixin.qq.com",
+    "subtree",
+    "block",
+    Response(),
+    Citation("GOV-1", "Ban", "https://policy.example/ban"),
+    300,
+    "wechat.yaml:12",
+)
+MONITOR = Rule(
+    "kaspersky-monitor",
+    "Kaspersky",
+    "support.kaspersky.com",
+    "subtree",
+    "monitor",
+    Response(),
+    Citation("GOV-2"),
+    300,
+    "kaspersky-monitor.yaml:3",
+)
 
 
 def wire(*labels: bytes) -> bytes:
@@ -42,8 +60,9 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-unt
 
 @pytest.fixture
 def recorder(tmp_path: Path) -> Iterator[EventRecorder]:
-    rec = EventRecorder(tmp_path / "events.jsonl", 1000, "unit", store=str(tmp_path / "events.db"),
-                        flush_interval=0.02)
+    rec = EventRecorder(
+        tmp_path / "events.jsonl", 1000, "unit", store=str(tmp_path / "events.db"), flush_interval=0.02
+    )
     rec.start()
     yield rec
     rec.stop()
@@ -112,8 +131,9 @@ def test_sqlite_schema_wal_indexes_and_version(recorder: EventRecorder, tmp_path
     assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(SCHEMA_VERSION,)]
     indexes = {row[1] for row in db.execute("PRAGMA index_list(events)")}
     assert {"events_device_ts", "events_ts"} <= indexes
-    plan = " ".join(str(r) for r in db.execute(
-        "EXPLAIN QUERY PLAN SELECT * FROM events WHERE device = 'x' AND ts > 0"))
+    plan = " ".join(
+        str(r) for r in db.execute("EXPLAIN QUERY PLAN SELECT * FROM events WHERE device = 'x' AND ts > 0")
+    )
     assert "events_device_ts" in plan
     db.execute("UPDATE netblock_schema SET version = 99")
     db.commit()
@@ -123,7 +143,9 @@ def test_sqlite_schema_wal_indexes_and_version(recorder: EventRecorder, tmp_path
 
 
 def test_batches_are_one_transaction_each(tmp_path: Path) -> None:
-    rec = EventRecorder(None, 10_000, "unit", store=str(tmp_path / "e.db"), batch_size=500, flush_interval=0.05)
+    rec = EventRecorder(
+        None, 10_000, "unit", store=str(tmp_path / "e.db"), batch_size=500, flush_interval=0.05
+    )
     for i in range(2000):
         rec.record(time.time(), f"10.0.{i % 4}.1", "", "weixin.qq.com.", 1, BLOCK, "query", "udp")
     commits = []
@@ -158,8 +180,15 @@ def test_stop_flushes_what_is_queued(tmp_path: Path) -> None:
 
 
 def test_rotation_by_size(tmp_path: Path) -> None:
-    rec = EventRecorder(tmp_path / "e.jsonl", 10_000, "unit", jsonl_max_bytes=20_000, jsonl_backups=2,
-                        batch_size=10, flush_interval=0.01)
+    rec = EventRecorder(
+        tmp_path / "e.jsonl",
+        10_000,
+        "unit",
+        jsonl_max_bytes=20_000,
+        jsonl_backups=2,
+        batch_size=10,
+        flush_interval=0.01,
+    )
     rec.start()
     try:
         for _ in range(200):
@@ -184,7 +213,9 @@ def test_external_rotation_reopens(tmp_path: Path) -> None:
 
 
 def test_retention_purges_old_events(tmp_path: Path) -> None:
-    rec = EventRecorder(None, 1000, "unit", store=str(tmp_path / "e.db"), retention_days=30, flush_interval=0.02)
+    rec = EventRecorder(
+        None, 1000, "unit", store=str(tmp_path / "e.db"), retention_days=30, flush_interval=0.02
+    )
     now = time.time()
     rec.record(now - 40 * 86_400, "10.0.0.1", "", "old.weixin.qq.com.", 1, BLOCK, "query", "udp")
     rec.record(now - 10 * 86_400, "10.0.0.1", "", "recent.weixin.qq.com.", 1, BLOCK, "query", "udp")
@@ -192,8 +223,11 @@ def test_retention_purges_old_events(tmp_path: Path) -> None:
     try:
         assert wait_until(lambda: rec.written == 2)
         rec._next_retention = 0  # the next pass is due now
-        assert wait_until(lambda: sqlite3.connect(tmp_path / "e.db").execute(
-            "SELECT COUNT(*) FROM events").fetchone()[0] == 1)
+        assert wait_until(
+            lambda: (
+                sqlite3.connect(tmp_path / "e.db").execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+            )
+        )
     finally:
         rec.stop()
     names = sqlite3.connect(tmp_path / "e.db").execute("SELECT name FROM events").fetchall()
@@ -201,11 +235,16 @@ def test_retention_purges_old_events(tmp_path: Path) -> None:
 
 
 def test_from_config_and_per_device_metric(tmp_path: Path) -> None:
-    (tmp_path / "inv.yaml").write_text("devices:\n  - name: boss-laptop\n    owner: Boss\n    ips: [10.1.1.1]\n")
-    config = Config(server=Server(instance="edge-1"),
-                    events=Events(sqlite="var/e.db", jsonl="var/e.jsonl", flush_interval=0.02),
-                    devices=Devices(inventory="inv.yaml", neighbours=False),
-                    metrics=Metrics(per_device=True), path=str(tmp_path / "netblock.yaml"))
+    (tmp_path / "inv.yaml").write_text(
+        "devices:\n  - name: boss-laptop\n    owner: Boss\n    ips: [10.1.1.1]\n"
+    )
+    config = Config(
+        server=Server(instance="edge-1"),
+        events=Events(sqlite="var/e.db", jsonl="var/e.jsonl", flush_interval=0.02),
+        devices=Devices(inventory="inv.yaml", neighbours=False),
+        metrics=Metrics(per_device=True),
+        path=str(tmp_path / "netblock.yaml"),
+    )
     stats = Stats()
     rec = EventRecorder.from_config(config, stats)
     assert rec.path == tmp_path / "var" / "e.jsonl"
@@ -217,16 +256,22 @@ def test_from_config_and_per_device_metric(tmp_path: Path) -> None:
     finally:
         rec.stop()
     assert stats.device_blocked == {"boss-laptop": 2}  # only inventory devices get a metric label
-    rows = sqlite3.connect(tmp_path / "var" / "e.db").execute(
-        "SELECT device, owner, instance, id_source FROM events ORDER BY id").fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "var" / "e.db")
+        .execute("SELECT device, owner, instance, id_source FROM events ORDER BY id")
+        .fetchall()
+    )
     assert rows[0] == ("boss-laptop", "Boss", "edge-1", "inventory-ip")
     assert rows[2] == ("10.1.1.2", "", "edge-1", "ip")
 
 
 def test_per_device_metric_off_by_default(tmp_path: Path) -> None:
     (tmp_path / "inv.yaml").write_text("devices:\n  - name: boss-laptop\n    ips: [10.1.1.1]\n")
-    config = Config(events=Events(sqlite="e.db", jsonl="", flush_interval=0.02),
-                    devices=Devices(inventory="inv.yaml", neighbours=False), path=str(tmp_path / "n.yaml"))
+    config = Config(
+        events=Events(sqlite="e.db", jsonl="", flush_interval=0.02),
+        devices=Devices(inventory="inv.yaml", neighbours=False),
+        path=str(tmp_path / "n.yaml"),
+    )
     stats = Stats()
     rec = EventRecorder.from_config(config, stats)
     rec.start()
@@ -237,7 +282,9 @@ def test_per_device_metric_off_by_default(tmp_path: Path) -> None:
 
 
 def test_disabled_records_nothing(tmp_path: Path) -> None:
-    config = Config(events=Events(enabled=False, sqlite="e.db", jsonl="e.jsonl"), path=str(tmp_path / "n.yaml"))
+    config = Config(
+        events=Events(enabled=False, sqlite="e.db", jsonl="e.jsonl"), path=str(tmp_path / "n.yaml")
+    )
     rec = EventRecorder.from_config(config)
     rec.start()
     rec.record(time.time(), "10.1.1.1", "", "weixin.qq.com.", 1, BLOCK, "query", "udp")
@@ -294,10 +341,17 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def test_full_disk_drops_counted_one_error_then_resumes(small_tmpfs: Path, caplog: pytest.LogCaptureFixture,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    rec = EventRecorder(small_tmpfs / "events.jsonl", 100_000, "unit", store=str(small_tmpfs / "events.db"),
-                        batch_size=50, flush_interval=0.01)
+def test_full_disk_drops_counted_one_error_then_resumes(
+    small_tmpfs: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = EventRecorder(
+        small_tmpfs / "events.jsonl",
+        100_000,
+        "unit",
+        store=str(small_tmpfs / "events.db"),
+        batch_size=50,
+        flush_interval=0.01,
+    )
     rec.start()
 
     def send(count: int) -> None:
@@ -315,7 +369,9 @@ def test_full_disk_drops_counted_one_error_then_resumes(small_tmpfs: Path, caplo
         assert wait_until(lambda: rec.dropped > 0)
         assert rec.jsonl_dropped > 0
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-        assert 1 <= len(errors) <= 2, [r.getMessage() for r in errors]  # ...one line per sink, not one per batch
+        assert 1 <= len(errors) <= 2, [
+            r.getMessage() for r in errors
+        ]  # ...one line per sink, not one per batch
         for line in (small_tmpfs / "events.jsonl").read_bytes().split(b"\n")[:-1]:
             json.loads(line)  # a half-written batch was cut back: no torn line
         filler.unlink()
@@ -332,8 +388,15 @@ def test_full_disk_drops_counted_one_error_then_resumes(small_tmpfs: Path, caplo
 
 def test_events_file_on_dev_full(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """/dev/full as the events file: every line fails, the database still gets every event."""
-    rec = EventRecorder(Path("/dev/full"), 1000, "unit", store=str(tmp_path / "e.db"), jsonl_max_bytes=0,
-                        batch_size=10, flush_interval=0.01)
+    rec = EventRecorder(
+        Path("/dev/full"),
+        1000,
+        "unit",
+        store=str(tmp_path / "e.db"),
+        jsonl_max_bytes=0,
+        batch_size=10,
+        flush_interval=0.01,
+    )
     with caplog.at_level(logging.ERROR, logger="netblock.events"):
         rec.start()
         for _ in range(100):

@@ -18,6 +18,7 @@ import dns.name
 import dns.query
 import dns.rcode
 import pytest
+
 from harness import REPO, Netblock, Nsd, wait_for
 
 BLOCK_LIST = """\
@@ -94,8 +95,9 @@ def db_count(nb: Netblock, where: str = "1=1", params: tuple[object, ...] = ()) 
 
 
 def netblock_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "netblock", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "netblock", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def report_json(nb: Netblock, *args: str) -> dict[str, object]:
@@ -144,7 +146,9 @@ def test_three_clients_counts_per_device(server: Netblock) -> None:
     csv_text = netblock_cli("report", "--format", "csv", "-c", str(server.config_path)).stdout
     assert "laptop-three,Bob Three,Legal,yes," in csv_text
     # The per-device metric counts inventory devices only.
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    metrics = (
+        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    )
     assert 'netblock_device_blocked_total{device="laptop-two"} 7.0' in metrics
 
 
@@ -152,7 +156,7 @@ def test_edns_mac_option_names_the_device(server: Netblock) -> None:
     before = db_count(server, "device = ?", ("phone-behind-router",))
     out = server.dig("-b", "127.0.0.5", "+ednsopt=65001:aabbcc000042", "weixin.qq.com", "A")
     assert "status: NXDOMAIN" in out, out
-    text_mac = "aa:bb:cc:00:00:43".encode().hex()  # 65073: the MAC as text (Pi-hole's form)
+    text_mac = b"aa:bb:cc:00:00:43".hex()  # 65073: the MAC as text (Pi-hole's form)
     out = server.dig("-b", "127.0.0.5", f"+ednsopt=65073:{text_mac}", "wechat.com", "AAAA")
     assert "status: NXDOMAIN" in out, out
     assert wait_for(lambda: db_count(server, "device = ?", ("tablet-text-mac",)) == 1, 10)
@@ -167,13 +171,20 @@ def test_edns_mac_option_names_the_device(server: Netblock) -> None:
 
 
 def test_hostile_names_give_valid_json_lines(server: Netblock) -> None:
-    labels = [b"line\nbreak", b"\x1b[31mred", b'quote"and\\back', b"dot.inside", b"nul\x00byte",
-              b"<script>x</script>"]
+    labels = [
+        b"line\nbreak",
+        b"\x1b[31mred",
+        b'quote"and\\back',
+        b"dot.inside",
+        b"nul\x00byte",
+        b"<script>x</script>",
+    ]
     expected = []
     for label in labels:
         name = dns.name.Name([label, b"weixin", b"qq", b"com", b""])
-        answer = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=server.port, timeout=3,
-                               source="127.0.0.6")
+        answer = dns.query.udp(
+            dns.message.make_query(name, "A"), "127.0.0.1", port=server.port, timeout=3, source="127.0.0.6"
+        )
         assert answer.rcode() == dns.rcode.NXDOMAIN
         expected.append(name.to_text())
     assert wait_for(lambda: db_count(server, "client_ip = ?", ("127.0.0.6",)) == len(labels), 10)
@@ -187,9 +198,30 @@ def test_hostile_names_give_valid_json_lines(server: Netblock) -> None:
 
 def test_events_follow_prints_new_events(server: Netblock) -> None:
     follower = subprocess.Popen(
-        [sys.executable, "-m", "netblock", "events", "--follow", "--last", "0", "--count", "3", "--timeout", "30",
-         "--format", "json", "--interval", "0.1", "-c", str(server.config_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "netblock",
+            "events",
+            "--follow",
+            "--last",
+            "0",
+            "--count",
+            "3",
+            "--timeout",
+            "30",
+            "--format",
+            "json",
+            "--interval",
+            "0.1",
+            "-c",
+            str(server.config_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         time.sleep(2)  # let it read where the store ends
         for i in range(3):
@@ -210,8 +242,30 @@ def test_short_load_every_blocked_answer_is_stored(server: Netblock, tmp_path: P
     data = tmp_path / "queries.txt"
     data.write_text("".join(f"load{i}.weixin.qq.com A\n" for i in range(500)))
     before = db_count(server, "client_ip = ?", ("127.0.0.7",))
-    done = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(server.port), "-a", "127.0.0.7", "-d", str(data),
-                           "-Q", "1000", "-l", "5", "-c", "4", "-t", "2"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(server.port),
+            "-a",
+            "127.0.0.7",
+            "-d",
+            str(data),
+            "-Q",
+            "1000",
+            "-l",
+            "5",
+            "-c",
+            "4",
+            "-t",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     match = re.search(r"NXDOMAIN (\d+)", done.stdout)
     assert match, done.stdout
@@ -238,8 +292,14 @@ def test_full_events_filesystem_dns_keeps_answering(tmp_path: Path, upstream: Ns
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
     lists, inventory = write_lists(tmp_path / "lists")
-    config = server_config(inventory, events={"sqlite": str(mount / "events.db"),
-                                              "jsonl": str(mount / "events.jsonl"), "flush_interval": 0.05})
+    config = server_config(
+        inventory,
+        events={
+            "sqlite": str(mount / "events.db"),
+            "jsonl": str(mount / "events.jsonl"),
+            "flush_interval": 0.05,
+        },
+    )
     nb = Netblock(tmp_path / "nb", [upstream.address], lists=lists, config=config)
     try:
         nb.start()
@@ -253,7 +313,9 @@ def test_full_events_filesystem_dns_keeps_answering(tmp_path: Path, upstream: Ns
         assert wait_for(lambda: stored() == 20, 10)
         filler = mount / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False)
-        subprocess.run(["dd", "if=/dev/zero", f"of={mount / 'filler2'}", "bs=1"], capture_output=True, check=False)
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={mount / 'filler2'}", "bs=1"], capture_output=True, check=False
+        )
         started = time.monotonic()
         for i in range(300):  # long names so every batch needs space
             answer = nb.query(f"{'x' * 60}.{'y' * 60}.b{i}.weixin.qq.com", source="127.0.0.3", timeout=2)
@@ -262,8 +324,13 @@ def test_full_events_filesystem_dns_keeps_answering(tmp_path: Path, upstream: Ns
         assert nb.query("www.example.test", source="127.0.0.3").rcode() == dns.rcode.NOERROR
         assert wait_for(lambda: metric(nb, "netblock_events_dropped_total") > 0, 10), nb.log()
         # Every event is accounted for, stored or dropped, before space returns.
-        assert wait_for(lambda: metric(nb, "netblock_events_written_total")
-                        + metric(nb, "netblock_events_dropped_total") == 320, 15)
+        assert wait_for(
+            lambda: (
+                metric(nb, "netblock_events_written_total") + metric(nb, "netblock_events_dropped_total")
+                == 320
+            ),
+            15,
+        )
         assert stored() == metric(nb, "netblock_events_written_total")
         errors = [line for line in nb.log().splitlines() if "cannot write" in line]
         assert 1 <= len(errors) <= 2, errors  # one line per failing sink, not one per batch

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import dns.rcode
 import pytest
-from harness import REPO, Netblock, Nsd, free_port, wait_for
-from test_events import BLOCK
-from test_events_server import write_lists
 
+from harness import REPO, Netblock, Nsd, free_port, wait_for
 from netblock.events import EventRecorder
 from netblock.store import SCHEMA_VERSION, PostgresStore, StoreError, open_store
+from test_events import BLOCK
+from test_events_server import write_lists
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pyproject [test])")
 
@@ -50,15 +50,38 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/netblock"
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            [*self.as_user, *args], capture_output=True, text=True, timeout=120, check=False
+        )
 
     def start(self) -> None:
         if not self.data.exists():
-            done = self.run(pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
-                            "-E", "UTF8")
+            done = self.run(
+                pg_bin("initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            )
             assert done.returncode == 0, done.stderr
-        done = self.run(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60",
-                        "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off", "start")
+        done = self.run(
+            pg_bin("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off",
+            "start",
+        )
         assert done.returncode == 0, done.stderr + (self.dir / "log").read_text(errors="replace")
 
     def stop(self) -> None:
@@ -87,8 +110,11 @@ def test_two_instances_one_database(postgres: Postgres, upstream: Nsd, tmp_path:
     lists, inventory = write_lists(tmp_path / "lists")
     servers = []
     for instance in ("edge-a", "edge-b"):
-        config = {"server": {"instance": instance}, "events": {"postgres": postgres.dsn, "flush_interval": 0.05},
-                  "devices": {"inventory": str(inventory), "neighbours": False}}
+        config = {
+            "server": {"instance": instance},
+            "events": {"postgres": postgres.dsn, "flush_interval": 0.05},
+            "devices": {"inventory": str(inventory), "neighbours": False},
+        }
         servers.append(Netblock(tmp_path / instance, [upstream.address], lists=lists, config=config))
     try:
         for nb in servers:
@@ -105,8 +131,13 @@ def test_two_instances_one_database(postgres: Postgres, upstream: Nsd, tmp_path:
         assert not (a.dir / "events.db").exists()  # PostgreSQL instead of SQLite, not beside it
         assert count(postgres.dsn, "instance = %s", ("edge-a",)) == 7
         for args in (["--db", postgres.dsn], ["-c", str(a.config_path)]):  # either way to the same store
-            done = subprocess.run([sys.executable, "-m", "netblock", "report", "--format", "json", *args],
-                                  capture_output=True, text=True, timeout=60, cwd=REPO)
+            done = subprocess.run(
+                [sys.executable, "-m", "netblock", "report", "--format", "json", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=REPO,
+            )
             assert done.returncode == 0, done.stderr
             devices = {d["device"]: d for d in json.loads(done.stdout)["devices"]}
             assert devices["laptop-two"]["attempts"] == 9
@@ -132,6 +163,7 @@ def test_schema_version_and_reconnect_after_restart(postgres: Postgres) -> None:
     rec = EventRecorder(None, 10_000, "edge-r", store=postgres.dsn, flush_interval=0.05)
     rec.start()
     try:
+
         def send(n: int) -> None:
             for _ in range(n):
                 rec.record(time.time(), "10.9.9.9", "", "weixin.qq.com.", 1, BLOCK, "query", "udp")

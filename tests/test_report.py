@@ -15,12 +15,12 @@ import zlib
 from pathlib import Path
 
 import pytest
-from test_events import BLOCK, MONITOR
 
 from netblock.devices import DeviceIdentifier
 from netblock.events import EventRecorder
 from netblock.report import BLOCK_COLOUR, MONITOR_COLOUR, build_report, parse_time, render_csv, render_html
 from netblock.store import open_store
+from test_events import BLOCK, MONITOR
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1764316800.0  # 2025-11-28T08:00:00Z
@@ -32,18 +32,28 @@ def db(tmp_path: Path) -> Path:
     (tmp_path / "inv.yaml").write_text(
         "devices:\n"
         "  - {name: finance-pc, owner: Alice, department: Finance, ips: [10.0.0.1]}\n"
-        "  - {name: '=cmd|calc', owner: '@evil', ips: [10.0.0.3]}\n")
+        "  - {name: '=cmd|calc', owner: '@evil', ips: [10.0.0.3]}\n"
+    )
     ident = DeviceIdentifier(inventory=str(tmp_path / "inv.yaml"), neighbours=False)
     path = tmp_path / "events.db"
-    rec = EventRecorder(None, 10_000, "edge", store=str(path), identifier=ident, flush_interval=0.01,
-                        retention_days=0)  # T0 lies a year back
+    rec = EventRecorder(
+        None, 10_000, "edge", store=str(path), identifier=ident, flush_interval=0.01, retention_days=0
+    )  # T0 lies a year back
     for i in range(120):  # finance-pc: 90 blocked, 30 monitored, one every 3 minutes
         rule = MONITOR if i % 4 == 0 else BLOCK
         name = "support.kaspersky.com." if rule is MONITOR else f"h{i % 3}.weixin.qq.com."
         rec.record(T0 + i * 180, "10.0.0.1", "", name, 1, rule, "query" if i % 5 else "sni", "udp")
     for i in range(10):  # an unknown client, known by its IP
-        rec.record(T0 + 3600 + i * 60, "10.0.0.2", "", "<script>alert(1)</script>.weixin.qq.com.", 28, BLOCK,
-                   "query", "tcp")
+        rec.record(
+            T0 + 3600 + i * 60,
+            "10.0.0.2",
+            "",
+            "<script>alert(1)</script>.weixin.qq.com.",
+            28,
+            BLOCK,
+            "query",
+            "tcp",
+        )
     rec.record(T0 + 7200, "10.0.0.3", "", "=HYPERLINK(1).weixin.qq.com.", 1, BLOCK, "query", "udp")
     rec.start()
     deadline = time.monotonic() + 10
@@ -68,16 +78,21 @@ def test_build_report_aggregates(db: Path) -> None:
     assert pc["by_vendor"] == {"Tencent WeChat (Weixin)": 90, "Kaspersky": 30}
     assert pc["by_list"] == {"wechat": 90, "kaspersky-monitor": 30}
     assert pc["stages"] == {"query": 96, "sni": 24}
-    assert pc["top_endpoints"][0] == {"name": "h0.weixin.qq.com.", "vendor": "Tencent WeChat (Weixin)", "count": 30,
-                                      "blocked": 30, "monitored": 0,
-                                      "last_attempt": pc["top_endpoints"][0]["last_attempt"]}
-    kaspersky = [e for e in pc["top_endpoints"] if e["name"] == "support.kaspersky.com."][0]
+    assert pc["top_endpoints"][0] == {
+        "name": "h0.weixin.qq.com.",
+        "vendor": "Tencent WeChat (Weixin)",
+        "count": 30,
+        "blocked": 30,
+        "monitored": 0,
+        "last_attempt": pc["top_endpoints"][0]["last_attempt"],
+    }
+    kaspersky = next(e for e in pc["top_endpoints"] if e["name"] == "support.kaspersky.com.")
     assert (kaspersky["count"], kaspersky["monitored"], kaspersky["blocked"]) == (30, 30, 0)
     assert sum(s["block"] + s["monitor"] for s in pc["timeline"]) == 120
     assert sum(s["monitor"] for s in pc["timeline"]) == 30
     unknown = devices["10.0.0.2"]
     assert (unknown["known"], unknown["attempts"], unknown["protocols"]) == (False, 10, {"tcp": 10})
-    assert [d["device"] for d in report["devices"]][0] == "finance-pc"  # most attempts first
+    assert next(d["device"] for d in report["devices"]) == "finance-pc"  # most attempts first
 
 
 def test_filters_since_until_device_list(db: Path) -> None:
@@ -106,19 +121,35 @@ def test_parse_time_forms() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "netblock", *args], capture_output=True, text=True, timeout=60,
-                          cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "netblock", *args], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
 
 
 def test_cli_formats_and_errors(db: Path, tmp_path: Path) -> None:
-    done = run_cli("report", "--db", str(db), "--format", "json", "--since", "2025-11-28T08:00:00Z",
-                   "--until", "2025-11-28T09:00:00Z")
+    done = run_cli(
+        "report",
+        "--db",
+        str(db),
+        "--format",
+        "json",
+        "--since",
+        "2025-11-28T08:00:00Z",
+        "--until",
+        "2025-11-28T09:00:00Z",
+    )
     assert done.returncode == 0, done.stderr
     assert {d["device"]: d["attempts"] for d in json.loads(done.stdout)["devices"]} == {"finance-pc": 20}
     table = run_cli("report", "--db", str(db)).stdout
-    assert re.search(r"^finance-pc\s+Alice\s+2025-11-28T08:00:00Z\s+\S+\s+120\s+90\s+30\s", table, re.M), table
+    assert re.search(r"^finance-pc\s+Alice\s+2025-11-28T08:00:00Z\s+\S+\s+120\s+90\s+30\s", table, re.M), (
+        table
+    )
     rows = list(csv.DictReader(io.StringIO(run_cli("report", "--db", str(db), "--format", "csv").stdout)))
-    assert {r["device"]: r["attempts"] for r in rows} == {"finance-pc": "120", "10.0.0.2": "10", "'=cmd|calc": "1"}
+    assert {r["device"]: r["attempts"] for r in rows} == {
+        "finance-pc": "120",
+        "10.0.0.2": "10",
+        "'=cmd|calc": "1",
+    }
     assert [r["owner"] for r in rows if r["device"] == "'=cmd|calc"] == ["'@evil"]  # no spreadsheet formulas
     missing = run_cli("report", "--db", str(tmp_path / "nope.db"))
     assert missing.returncode == 1 and "no events database" in missing.stderr
@@ -130,9 +161,26 @@ def test_cli_formats_and_errors(db: Path, tmp_path: Path) -> None:
 
 
 def test_csv_render_escapes_formulas() -> None:
-    report = {"devices": [{"device": "=1+1", "owner": "+x", "department": "-y", "known": False,
-                           "first_attempt": "", "last_attempt": "", "attempts": 1, "blocked": 1, "monitored": 0,
-                           "by_vendor": {}, "by_list": {}, "stages": {}, "top_endpoints": [], "client_ips": []}]}
+    report = {
+        "devices": [
+            {
+                "device": "=1+1",
+                "owner": "+x",
+                "department": "-y",
+                "known": False,
+                "first_attempt": "",
+                "last_attempt": "",
+                "attempts": 1,
+                "blocked": 1,
+                "monitored": 0,
+                "by_vendor": {},
+                "by_list": {},
+                "stages": {},
+                "top_endpoints": [],
+                "client_ips": [],
+            }
+        ]
+    }
     row = list(csv.reader(io.StringIO(render_csv(report))))[1]
     assert row[:3] == ["'=1+1", "'+x", "'-y"]
 
@@ -194,9 +242,21 @@ def count_colour(png: tuple[int, int, int, bytes], hex_colour: str, tolerance: i
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("chromium")
     assert binary, "the Debian chromium package is needed (tests/apt-packages.txt)"
-    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--no-first-run", f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_html_report_renders_chart_and_table_in_chromium(db: Path, tmp_path: Path) -> None:
@@ -224,13 +284,22 @@ def test_html_report_renders_chart_and_table_in_chromium(db: Path, tmp_path: Pat
     summary = re.search(r'<table id="summary">.*?</table>', dom, re.S)
     assert summary, dom[:2000]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", summary.group(0))
-    assert cells[:9] == ["finance-pc", "Alice", "Finance", "2025-11-28T08:00:00Z",
-                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 119 * 180)), "120", "90", "30",
-                         "Tencent WeChat (Weixin)=90; Kaspersky=30"]
+    assert cells[:9] == [
+        "finance-pc",
+        "Alice",
+        "Finance",
+        "2025-11-28T08:00:00Z",
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 119 * 180)),
+        "120",
+        "90",
+        "30",
+        "Tencent WeChat (Weixin)=90; Kaspersky=30",
+    ]
     assert "<script>" not in dom.lower().split("</head>")[1]  # the hostile name stayed text
 
 
 def test_html_of_an_empty_report_is_valid() -> None:
-    page = render_html({"generated": "x", "since": None, "until": None, "total": 0, "devices": [],
-                        "bucket_seconds": 60})
+    page = render_html(
+        {"generated": "x", "since": None, "until": None, "total": 0, "devices": [], "bucket_seconds": 60}
+    )
     assert "0 attempts from\n0 devices" in page and "</html>" in page
