@@ -9,7 +9,6 @@ import pytest
 
 from netblock.devices import (
     DeviceIdentifier,
-    TrustedRelays,
     load_inventory,
     normalise_mac,
     parse_dhcpd_leases,
@@ -310,10 +309,3 @@ def test_example_inventory_loads() -> None:
     inventory = load_inventory(Path(__file__).resolve().parent.parent / "config" / "devices.example.yaml")
     assert inventory.by_mac["a4:83:e7:00:11:22"].name == "minister-office-phone"
     assert inventory.match_network("2001:db8:50::9").name == "reception-wifi"  # type: ignore[union-attr]
-
-
-def test_trusted_relays() -> None:
-    relays = TrustedRelays(["10.9.0.0/24"])
-    assert relays.client_address("10.9.0.1", "10.20.1.17") == "10.20.1.17"
-    assert relays.client_address("10.8.0.1", "10.20.1.17") == "10.8.0.1"  # not trusted: ignore ECS
-    assert TrustedRelays([]).client_address("10.9.0.1", "10.20.1.17") == "10.9.0.1"

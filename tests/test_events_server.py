@@ -70,7 +70,7 @@ def write_lists(directory: Path) -> tuple[list[Path], Path]:
 
 def server_config(inventory: Path, **extra: object) -> dict[str, object]:
     config: dict[str, object] = {
-        "devices": {"inventory": str(inventory), "neighbours": False},
+        "devices": {"inventory": str(inventory), "neighbours": False, "trusted_relays": ["127.0.0.8/32"]},
         "metrics": {"per_device": True},
         "access": {"rate_limit": {"queries": 1_000_000}},
     }
@@ -168,6 +168,24 @@ def test_edns_mac_option_names_the_device(server: Netblock) -> None:
     assert router["client_macs"] == ["aa:bb:cc:00:00:42"]
     assert devices["tablet-text-mac"]["top_endpoints"][0]["name"] == "wechat.com."  # type: ignore[index]
     assert "127.0.0.5" not in devices  # the address alone did not name a device
+
+
+def test_client_subnet_believed_only_from_trusted_relays(server: Netblock) -> None:
+    # 127.0.0.8 is a trusted relay: the device is the address in its ECS option.
+    out = server.dig("-b", "127.0.0.8", "+subnet=127.0.0.4/32", "ecs1.weixin.qq.com", "A")
+    assert "status: NXDOMAIN" in out, out
+    # 127.0.0.9 is not: its ECS claim is ignored, the event names the sender.
+    out = server.dig("-b", "127.0.0.9", "+subnet=127.0.0.2/32", "ecs2.weixin.qq.com", "A")
+    assert "status: NXDOMAIN" in out, out
+    assert wait_for(lambda: db_count(server, "name LIKE 'ecs_.weixin.qq.com.'") == 2, 10)
+    with sqlite3.connect(server.dir / "events.db") as conn:
+        rows = dict(
+            conn.execute("SELECT name, device || ' ' || client_ip FROM events WHERE name LIKE 'ecs%'")
+        )
+    assert rows == {
+        "ecs1.weixin.qq.com.": "phone-four 127.0.0.4",
+        "ecs2.weixin.qq.com.": "127.0.0.9 127.0.0.9",
+    }
 
 
 def test_hostile_names_give_valid_json_lines(server: Netblock) -> None:

@@ -16,8 +16,10 @@ first answer wins (the most direct evidence first, the coarsest last):
 6. The host name in the DHCP lease (a device the inventory does not list yet).
 7. Nobody names it: the device is known by its IP address.
 
-EDNS Client Subnet is only believed from trusted relays (`TrustedRelays`): anybody else
-could claim to be any device.
+EDNS Client Subnet is only believed from relays listed in devices.trusted_relays: anybody
+else could claim to be any device. The server substitutes the ECS address for such a
+relay's own before it records the event (dns/server.py), so the address identified here
+is already the device's.
 """
 
 from __future__ import annotations
@@ -305,28 +307,6 @@ def parse_ip_neigh(text: str) -> dict[str, str]:
         if mac:
             table[ip] = mac
     return table
-
-
-# ---------------------------------------------------------------- trusted relays
-
-
-class TrustedRelays:
-    """Only relays listed in devices.trusted_relays may speak for a client with ECS."""
-
-    def __init__(self, networks: Iterable[str]) -> None:
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
-
-    def client_address(self, source_ip: str, ecs_address: str | None) -> str:
-        """The address to identify: the ECS address from a trusted relay, else the source."""
-        if not ecs_address or not self.networks:
-            return source_ip
-        try:
-            address = ipaddress.ip_address(source_ip)
-        except ValueError:
-            return source_ip
-        if any(address.version == n.version and address in n for n in self.networks):
-            return ecs_address
-        return source_ip
 
 
 # ---------------------------------------------------------------- the identifier
