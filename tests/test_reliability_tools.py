@@ -45,7 +45,14 @@ def wire_name(name: str) -> bytes:
 def exchange(port: int, data: bytes, timeout: float = 1.0, host: str = "127.0.0.1") -> bytes | None:
     """Send raw bytes over UDP; the first datagram back, or None after `timeout`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    for _ in range(10):  # never our own port: a socket connected to itself reads its own query
+        sock.bind((host, 0))
+        if sock.getsockname()[1] != port:
+            break
+        sock.close()
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    with sock:
         sock.settimeout(timeout)
         sock.connect((host, port))
         sock.send(data)
@@ -101,7 +108,8 @@ def scrape(metrics_port: int) -> str:
 
 def metric(text: str, name: str, labels: str = "") -> float:
     """The value of one sample in Prometheus text format (0 when absent)."""
-    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{\})?") + r" (\S+)$"
+    label_part = r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{\})?"
+    pattern = "^" + re.escape(name) + label_part + r" (\S+)$"
     match = re.search(pattern, text, re.M)
     return float(match.group(1)) if match else 0.0
 
