@@ -1,16 +1,161 @@
 """Imports of third-party list formats (hosts, plain, adblock, RPZ) into list entries.
 
-Placeholder until the blocklist issue lands: an `include` is refused with a clear error.
+A list file may `include:` local files or URLs:
+
+    include:
+      - imports/ads.hosts                      # format from the extension or the content
+      - {path: imports/feed.txt, format: plain, match: exact}
+      - {url: https://lists.example/rpz.zone, format: rpz, refresh: 6h}
+
+Imported names are kept in a NameSet, not as one Entry each: a million names as Python
+objects would cost several hundred MB. A NameSet is the names in one string plus sorted
+hash slots in flat arrays (about 35 bytes a name), probed at each level of the label walk.
+It reaches the compiled policy as one BulkEntry in the list's `domains`. Allow carve-outs
+(`@@||name^`, rpz-passthru) and networks (rpz-ip) stay ordinary entries: they are few.
+
+A bad line is a warning with file:line and the rest loads; a missing or unreadable source
+is an error, so the list (and a reload) fails instead of silently dropping names.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import ipaddress
+import re
+import sys
+import threading
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from netblock.names import NameError_, normalise
 from netblock.policy.lists import Entry
 from netblock.yamlsrc import SourceError, line_of
+
+FORMATS = ("hosts", "plain", "adblock", "rpz")
+# What a bare name means per format: hosts files map one host; plain domain lists (v2fly,
+# AdGuard "domains") mean the zone. `match:` on the include overrides it.
+DEFAULT_MATCH = {"hosts": "exact", "plain": "subtree", "adblock": "exact", "rpz": "exact"}
+INCLUDE_KEYS = {"path", "url", "format", "match", "refresh", "role", "note"}
+MAX_WARNINGS = 50  # per source; then one summary line
+
+# Tags of a NameSet slot: the kind in the low bits, NODATA (RPZ `CNAME *.`) as a flag.
+EXACT, SUBTREE, BELOW = 0, 1, 2
+KIND_NAMES = {EXACT: "exact", SUBTREE: "subtree", BELOW: "below"}
+NODATA = 4
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_NAME = _LABEL + r"(?:\." + _LABEL + r")*"
+_INDEX_BITS = 24  # a NameSet holds at most 16M names
+_HASH_MASK = (1 << 40) - 1
+
+
+def usable(names: list[str]) -> list[str]:
+    """The names a query can carry: labels of 1..63 characters, 253 in all (checked in C
+    unless a long name is present)."""
+    if names and max(map(len, names)) > 63:
+        return [n for n in names if len(n) <= 253 and max(map(len, n.split("."))) <= 63]
+    return names
+
+
+class NameSet:
+    """Many names in flat arrays: ~30 bytes a name instead of ~300 as Python objects.
+
+    Names are kept as presentation text ("a.example.com") in one string, in source order.
+    `slots` holds (40 bits of hash << 24 | index), sorted; a bucket directory on the top
+    hash bits points into it. Lookup hashes the name, scans its bucket (about one slot)
+    and compares the text on a hash hit, so there are no false positives. Python's hash
+    is per process: a NameSet never leaves the process that built it.
+    """
+
+    __slots__ = ("_bits", "blob", "count", "digest", "offsets", "slots", "starts", "tag", "tags")
+
+    def __init__(self, names: list[str], tags: list[int] | None = None, tag: int = EXACT) -> None:
+        if tags is not None:
+            unique = dict.fromkeys(zip(names, tags, strict=True))
+            names = [name for name, _ in unique]
+            self.tags: array[int] | None = array("B", [t for _, t in unique])
+            del unique
+        else:
+            names = list(dict.fromkeys(names))
+            self.tags = None
+        if len(names) >= 1 << _INDEX_BITS:
+            raise ValueError(f"more than {1 << _INDEX_BITS} names in one source")
+        self.tag = tag  # of every name when `tags` is None (one kind of entry in the source)
+        self.count = len(names)
+        self.blob = "\n".join(names) + "\n"
+        self.digest = hashlib.sha256(self.blob.encode("ascii")).hexdigest()[:16]
+        self.offsets = array("I", accumulate(map(len, names), lambda a, n: a + n + 1, initial=0))
+        mask = _HASH_MASK
+        packed = [(h & mask) << _INDEX_BITS | i for i, h in enumerate(map(hash, names))]
+        del names
+        packed.sort()
+        self.slots = array("Q", packed)
+        del packed
+        self._bits = bits = max(4, min(40, self.count.bit_length()))
+        counts = array("I", bytes(4 * ((1 << bits) + 1)))
+        shift = 64 - bits
+        for value in self.slots:
+            counts[(value >> shift) + 1] += 1
+        self.starts = array("I", accumulate(counts))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def find(self, name: str, whole: bool) -> int:
+        """The tag of `name` applicable at this level (whole name or a parent), or -1."""
+        value = hash(name) & _HASH_MASK
+        bucket = value >> (40 - self._bits)
+        index, end = self.starts[bucket], self.starts[bucket + 1]
+        slots, offsets = self.slots, self.offsets
+        while index < end:
+            slot = slots[index]
+            if slot >> _INDEX_BITS == value:
+                position = slot & 0xFFFFFF
+                if self.blob[offsets[position] : offsets[position + 1] - 1] == name:
+                    tag = self.tags[position] if self.tags is not None else self.tag
+                    kind = tag & 3
+                    if (kind != BELOW) if whole else (kind != EXACT):
+                        return tag
+            index += 1
+        return -1
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        """(name, tag) in source order."""
+        blob, offsets, tags = self.blob, self.offsets, self.tags
+        for index in range(self.count):
+            tag = tags[index] if tags is not None else self.tag
+            yield blob[offsets[index] : offsets[index + 1] - 1], tag
+
+    def has(self, name: str, tag: int) -> bool:
+        """This exact (name, tag) pair is in the set (for diffs)."""
+        value = hash(name) & _HASH_MASK
+        bucket = value >> (40 - self._bits)
+        for index in range(self.starts[bucket], self.starts[bucket + 1]):
+            slot = self.slots[index]
+            if slot >> _INDEX_BITS == value:
+                position = slot & 0xFFFFFF
+                if (self.blob[self.offsets[position] : self.offsets[position + 1] - 1] == name
+                        and (self.tags[position] if self.tags is not None else self.tag) == tag):
+                    return True
+        return False
+
+
+@dataclass(frozen=True)
+class BulkEntry(Entry):
+    """One include's names, carried in ListFile.domains to the compiler (see match.py)."""
+
+    names: NameSet | None = field(default=None, compare=False, hash=False)
+    source: str = ""  # the file or URL as written
+    format: str = ""
+
+
+def is_bulk(entry: Entry) -> bool:
+    return isinstance(entry, BulkEntry)
 
 
 @dataclass
@@ -22,5 +167,521 @@ class Imported:
     warnings: list[SourceError] = field(default_factory=list)  # bad lines: reported, rest loaded
 
 
+@dataclass
+class Parsed:
+    """One source text, parsed: names by tag, carve-outs and networks with their lines."""
+
+    names: dict[int, list[str]] = field(default_factory=dict)
+    allow: list[tuple[str, bool, int]] = field(default_factory=list)  # (name, exact, line)
+    networks: list[tuple[str, int]] = field(default_factory=list)
+    warnings: list[SourceError] = field(default_factory=list)
+    dropped_warnings: int = 0
+
+    def add(self, tag: int, name: str) -> None:
+        self.names.setdefault(tag, []).append(name)
+
+    def warn(self, path: str, line: int, message: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(SourceError(path, line, message))
+        else:
+            self.dropped_warnings += 1
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.names.values())
+
+
+# --- per-format line parsers (the careful path: any line the fast path did not take) ---
+
+_HOSTS_IPS = {"0.0.0.0", "127.0.0.1", "::", "::1", "0:0:0:0:0:0:0:0", "255.255.255.255"}
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost",
+                "ip6-loopback", "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters",
+                "ip6-allhosts", "0.0.0.0"}
+
+
+def _name(text: str) -> str:
+    name = normalise(text)
+    if name.replace(".", "").isdigit():
+        raise NameError_(f"{text!r} is an address, not a name")
+    return name
+
+
+def _hosts_line(line: str, out: Parsed, path: str, number: int, match: int) -> None:
+    fields = line.split("#", 1)[0].split()
+    try:
+        ipaddress.ip_address(fields[0])
+    except ValueError:
+        raise NameError_(f"expected 'ADDRESS NAME ...', not {line.strip()[:60]!r}") from None
+    if len(fields) < 2:
+        raise NameError_(f"address {fields[0]} without a name")
+    if fields[0] not in _HOSTS_IPS:
+        out.warn(path, number, f"{fields[0]}: a hosts entry that points somewhere, imported as blocked")
+    for text in fields[1:]:
+        if text in _LOCAL_NAMES:
+            continue
+        out.add(match, _name(text))
+
+
+def _plain_line(line: str, out: Parsed, path: str, number: int, match: int) -> None:
+    fields = line.split("#", 1)[0].split()
+    if len(fields) != 1:
+        raise NameError_(f"expected one name, not {line.strip()[:60]!r}")
+    text = fields[0]
+    if text.startswith("*."):
+        out.add(BELOW, _name(text[2:]))
+    else:
+        out.add(match, _name(text))
+
+
+_ADBLOCK_OPTIONS_OK = {"", "important"}
+
+
+def _adblock_line(line: str, out: Parsed, path: str, number: int, match: int) -> None:
+    text = line.strip()
+    allow = text.startswith("@@")
+    if allow:
+        text = text[2:]
+    body, _, options = text.partition("$")
+    if options.lower() not in _ADBLOCK_OPTIONS_OK:
+        raise NameError_(f"modifier ${options} cannot be enforced by DNS; line skipped")
+    if body.startswith("||") and body.endswith("^"):
+        name, kind = body[2:-1], SUBTREE
+        if name.startswith("*."):
+            name, kind = name[2:], BELOW
+    elif body.startswith("|") or "##" in body or "#@#" in body or "/" in body:
+        raise NameError_(f"not a DNS rule: {text[:60]!r}")
+    else:
+        fields = body.split()
+        if len(fields) == 2:  # hosts syntax is valid in DNS filter lists
+            _hosts_line(body, out, path, number, EXACT)
+            return
+        name, kind = body, match
+    if "*" in name or "^" in name:
+        raise NameError_(f"wildcard in the middle of {name!r}: not supported")
+    name = _name(name)
+    if allow:
+        out.allow.append((name, kind == EXACT, number))
+    else:
+        out.add(kind, name)
+
+
+def _split_rpz(line: str) -> list[str]:
+    return line.split(";", 1)[0].split()
+
+
+_RR_TYPES = {"A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA", "PTR", "SRV", "DNAME", "HTTPS", "SVCB", "CAA"}
+
+
+def _rpz_ip(owner: str) -> str:
+    """'32.1.2.0.192.rpz-ip' -> '192.0.2.1/32'; '128.1.zz.db8.2001.rpz-ip' -> '2001:db8::1/128'."""
+    labels = owner.split(".")[:-1]
+    prefix = int(labels[0])
+    parts = labels[1:][::-1]
+    if len(parts) == 4 and "zz" not in parts:
+        address = ".".join(parts)
+    else:
+        address = ":".join("" if p == "zz" else p for p in parts)
+        if address.startswith(":") or address.endswith(":"):
+            address = address.replace("::", ":").strip(":")
+            address = f"{address}::" if parts[-1] == "zz" else f"::{address}"
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=True))
+
+
+class _RpzState:
+    def __init__(self) -> None:
+        self.origin = ""
+        self.owner = ""
+        self.paren = False
+
+
+def _rpz_line(line: str, out: Parsed, path: str, number: int, state: _RpzState) -> None:
+    if state.paren:  # inside a multi-line record (SOA): skip to the closing parenthesis
+        if ")" in line.split(";", 1)[0]:
+            state.paren = False
+        return
+    fields = _split_rpz(line)
+    if not fields:
+        return
+    if fields[0].upper() == "$ORIGIN":
+        state.origin = fields[1].lower().rstrip(".") if len(fields) > 1 else ""
+        return
+    if fields[0].startswith("$"):
+        return  # $TTL, $INCLUDE (not followed: a feed must be one file)
+    if line[:1] in (" ", "\t"):
+        owner = state.owner
+    else:
+        owner = fields.pop(0)
+        state.owner = owner
+    # Skip TTL and class, then the type.
+    while fields and (fields[0].isdigit() or fields[0].upper() in ("IN", "CH", "HS")):
+        fields.pop(0)
+    if not fields:
+        raise NameError_("record without a type")
+    rtype = fields[0].upper()
+    rdata = fields[1:]
+    if "(" in line.split(";", 1)[0] and ")" not in line.split(";", 1)[0]:
+        state.paren = True
+    if rtype in ("SOA", "NS"):
+        return
+    owner = owner.lower()
+    if owner == "@":
+        raise NameError_(f"{rtype} at the zone apex is not a policy trigger")
+    if owner.endswith("."):
+        if state.origin and owner.rstrip(".").endswith("." + state.origin):
+            owner = owner.rstrip(".")[: -len(state.origin) - 1]
+        else:
+            raise NameError_(f"absolute name {owner!r} outside the zone {state.origin or '(no $ORIGIN)'}")
+    if rtype != "CNAME":
+        if rtype in _RR_TYPES:
+            raise NameError_(f"local-data {rtype} rule not supported (only CNAME actions); line skipped")
+        raise NameError_(f"unknown record type {fields[0]!r}")
+    if len(rdata) != 1:
+        raise NameError_("CNAME needs one target")
+    target = rdata[0].lower()
+    last = owner.rsplit(".", 1)[-1]
+    if last in ("rpz-nsdname", "rpz-nsip", "rpz-client-ip"):
+        raise NameError_(f"{last} trigger not supported; line skipped")
+    if last == "rpz-ip":
+        if target not in (".", "*.", "rpz-drop."):
+            raise NameError_(f"rpz-ip with action {target!r} not supported")
+        try:
+            out.networks.append((_rpz_ip(owner), number))
+        except ValueError as exc:
+            raise NameError_(f"bad rpz-ip trigger {owner!r}: {exc}") from None
+        return
+    below = owner.startswith("*.")
+    name = _name(owner[2:] if below else owner)
+    if target == "rpz-passthru.":
+        out.allow.append((name, not below, number))
+        return
+    if target in (".", "rpz-drop."):
+        flag = 0
+    elif target == "*.":
+        flag = NODATA
+    else:
+        raise NameError_(f"CNAME {target!r}: only '.', '*.', rpz-drop. and rpz-passthru. are supported")
+    out.add((BELOW if below else EXACT) | flag, name)
+
+
+# --- the fast path: one regex over a chunk takes every well-formed line at C speed ---
+
+# Lenient names: label lengths are checked after (usable()), and a name no query can
+# carry (a label starting with '-') is harmless.
+_LOOSE = r"([a-z0-9_-]+(?:\.[a-z0-9_-]+)*)\.?"
+# Each pattern matches every line of a well-formed chunk: a name (group 1) or an ignorable
+# line (blank, comment), whose group is empty.
+_FAST = {
+    "hosts": re.compile(r"^[ \t]*(?:(?:0\.0\.0\.0|127\.0\.0\.1|::1?)[ \t]+" + _LOOSE
+                        + r"[ \t]*)?(?:#[^\n]*)?$", re.M),
+    "plain": re.compile(r"^[ \t]*(?:" + _LOOSE + r"[ \t]*)?(?:#[^\n]*)?$", re.M),
+    "adblock": re.compile(r"^[ \t]*(?:\|\|" + _LOOSE + r"\^(?:\$important)?[ \t]*"
+                          + r"|(?:!|#(?!#)|\[)[^\n]*)?$", re.M),
+}
+_IGNORE = re.compile(r"^[ \t]*(?:(?:[!#;]|\[)[^\n]*)?$")
+_FAST_KIND = {"adblock": SUBTREE}
+_CHUNK = 1 << 20
+
+
+def _chunks(text: str) -> Iterator[tuple[int, str]]:
+    """(first line number, chunk) pieces ending at line ends."""
+    start, line = 0, 1
+    while start < len(text):
+        end = text.find("\n", min(start + _CHUNK, len(text)))
+        end = len(text) if end < 0 else end + 1
+        chunk = text[start:end]
+        yield line, chunk
+        line += chunk.count("\n")
+        start = end
+
+
+def parse_text(text: str, fmt: str, path: str, match: str | None = None) -> Parsed:
+    """Parse a whole source; well-formed chunks take the regex path, others line by line."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    out = Parsed()
+    kind = SUBTREE if (match or DEFAULT_MATCH[fmt]) == "subtree" else EXACT
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.lower()
+    if fmt == "rpz":
+        state = _RpzState()
+        for number, line in enumerate(text.split("\n"), 1):
+            _careful(_rpz_line, line, out, path, number, state)
+        return out
+    fast = _FAST[fmt]
+    fast_kind = _FAST_KIND.get(fmt, kind)
+    line_parser = {"hosts": _hosts_line, "plain": _plain_line, "adblock": _adblock_line}[fmt]
+    for first, chunk in _chunks(text):
+        found = fast.findall(chunk)
+        # One match per line, counting the empty line after a final newline.
+        if len(found) == chunk.count("\n") + 1:
+            out.names.setdefault(fast_kind, []).extend(usable(list(filter(None, found))))
+            continue
+        for offset, line in enumerate(chunk.split("\n")):
+            if _IGNORE.match(line):
+                continue
+            _careful(line_parser, line, out, path, first + offset, kind)
+    return out
+
+
+def _careful(parser: Any, line: str, out: Parsed, path: str, number: int, arg: Any) -> None:
+    try:
+        parser(line, out, path, number, arg)
+    except NameError_ as exc:
+        out.warn(path, number, str(exc))
+    except (ValueError, IndexError) as exc:
+        out.warn(path, number, f"cannot parse {line.strip()[:60]!r}: {exc}")
+
+
+def sniff_format(path: str, text: str) -> str:
+    suffix = Path(path.split("?", 1)[0]).suffix.lower()
+    by_suffix = {".hosts": "hosts", ".rpz": "rpz", ".zone": "rpz", ".db": "rpz"}
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    if Path(path).name.lower() == "hosts":
+        return "hosts"
+    for line in text[:65536].splitlines():
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#!;[":
+            continue
+        if stripped.startswith(("||", "@@")):
+            return "adblock"
+        padded = f" {stripped.lower()} "
+        if stripped.startswith("$") or " cname " in padded or " soa " in padded:
+            return "rpz"
+        first = stripped.split()[0]
+        try:
+            ipaddress.ip_address(first)
+            return "hosts"
+        except ValueError:
+            return "plain"
+    return "plain"
+
+
+# --- include: in a list file ---
+
+@dataclass
+class Include:
+    source: str  # the path or URL as written
+    location: str  # resolved path, or the URL
+    is_url: bool
+    format: str | None
+    match: str | None
+    refresh: float | None
+    line: int
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration like 300, 30m, 6h or 1d, not {value!r}")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def parse_includes(raw: list[Any], base_dir: Path, path: str) -> tuple[list[Include], list[SourceError]]:
+    includes: list[Include] = []
+    errors: list[SourceError] = []
+    for index, item in enumerate(raw):
+        line = line_of(raw, index)
+        if isinstance(item, str):
+            item = {"url": item} if "://" in item else {"path": item}
+        if not isinstance(item, dict):
+            errors.append(SourceError(path, line, "include: expected a path, a URL or {path|url, format}"))
+            continue
+        unknown = set(item) - INCLUDE_KEYS
+        if unknown:
+            errors.append(SourceError(path, line, f"include: unknown key(s) {', '.join(sorted(unknown))}"))
+            continue
+        if ("path" in item) == ("url" in item):
+            errors.append(SourceError(path, line, "include: needs exactly one of path or url"))
+            continue
+        fmt = item.get("format")
+        if fmt is not None and fmt not in FORMATS:
+            known = ", ".join(FORMATS)
+            errors.append(SourceError(path, line, f"include: format must be one of {known}, not {fmt!r}"))
+            continue
+        match = item.get("match")
+        if match is not None and match not in ("exact", "subtree"):
+            errors.append(SourceError(path, line, f"include: match must be exact or subtree, not {match!r}"))
+            continue
+        refresh = None
+        if "refresh" in item:
+            try:
+                refresh = parse_duration(item["refresh"])
+            except ValueError as exc:
+                errors.append(SourceError(path, line, f"include: refresh: {exc}"))
+                continue
+        if "url" in item:
+            url = str(item["url"])
+            if not url.startswith(("http://", "https://", "file://")):
+                errors.append(SourceError(path, line, f"include: url must be http(s):// or file://: {url!r}"))
+                continue
+            includes.append(Include(url, url, True, fmt, match, refresh, line))
+        else:
+            location = Path(str(item["path"]))
+            if not location.is_absolute():
+                location = (base_dir / location).resolve()
+            includes.append(Include(str(item["path"]), str(location), False, fmt, match, refresh, line))
+    return includes, errors
+
+
+# The warnings of the last load of each list file (lists.py drops Imported.warnings):
+# lint prints them, reloads log them.
+_warnings: dict[str, list[SourceError]] = {}
+_warnings_lock = threading.Lock()
+
+
+def warnings_for(path: str) -> list[SourceError]:
+    with _warnings_lock:
+        return list(_warnings.get(str(path), ()))
+
+
+def read_include(include: Include) -> str:
+    if include.is_url:
+        from netblock.policy import sources
+
+        return sources.text_for(include.location, include.refresh)
+    try:
+        return Path(include.location).read_text(encoding="utf-8", errors="strict")
+    except FileNotFoundError:
+        raise OSError("file not found") from None
+    except UnicodeDecodeError as exc:
+        raise OSError(f"not UTF-8 text: {exc}") from None
+
+
 def load_includes(raw: list[Any], base_dir: Path, path: str) -> tuple[Imported, list[SourceError]]:
-    return Imported(), [SourceError(path, line_of(raw, 0), "include: not supported yet")]
+    includes, errors = parse_includes(raw, base_dir, path)
+    result = Imported()
+    for include in includes:
+        try:
+            text = read_include(include)
+        except OSError as exc:
+            errors.append(SourceError(path, include.line, f"include {include.source}: {exc}"))
+            continue
+        fmt = include.format or sniff_format(include.location, text)
+        shown = include.location if not include.is_url else include.source
+        parsed = parse_text(text, fmt, shown, include.match)
+        del text
+        result.warnings.extend(parsed.warnings)
+        if parsed.dropped_warnings:
+            result.warnings.append(SourceError(shown, 0, f"... and {parsed.dropped_warnings} more bad lines"))
+        _add_parsed(result, parsed, include, fmt, shown)
+    with _warnings_lock:
+        _warnings[str(path)] = result.warnings
+    return result, errors
+
+
+def _add_parsed(result: Imported, parsed: Parsed, include: Include, fmt: str, shown: str) -> None:
+    everything: list[str] = []
+    tags: list[int] | None = None
+    uniform = len(parsed.names) == 1
+    for tag, names in parsed.names.items():
+        everything.extend(names)
+        if not uniform:
+            tags = tags if tags is not None else []
+            tags.extend([tag] * len(names))
+        names.clear()
+    meta = {"source": include.source, "format": fmt, "location": include.location}
+    if everything:
+        nameset = NameSet(everything, tags, next(iter(parsed.names)))
+        del everything
+        result.domains.append(BulkEntry(name=f"include:{include.source}", line=include.line, role="imported",
+                                        meta=meta, names=nameset, source=include.source, format=fmt))
+    for name, exact, line in parsed.allow:
+        entry_meta = {**meta, "origin": f"{shown}:{line}"}
+        if exact:
+            entry_meta["match"] = "exact"
+        result.allow.append(Entry(name=name, line=include.line, role="imported", meta=entry_meta))
+    for cidr, line in parsed.networks:
+        result.networks.append(Entry(name=cidr, line=include.line, role="imported",
+                                     meta={**meta, "origin": f"{shown}:{line}"}))
+
+
+def bulk_names(entry: Entry) -> Iterable[tuple[str, str]]:
+    """(kind, name) of every name of a BulkEntry (for diffs and exports)."""
+    if isinstance(entry, BulkEntry) and entry.names is not None:
+        for name, tag in entry.names.items():
+            yield KIND_NAMES[tag & 3] + ("+nodata" if tag & NODATA else ""), name
+
+
+def locate(source: str, name: str) -> int:
+    """The line of `name` in a local source file (0 if not found): for error messages."""
+    try:
+        with open(source, encoding="utf-8", errors="replace") as handle:
+            pattern = re.compile(r"(^|[\s|.*])" + re.escape(name) + r"($|[\s^.$#;])", re.I)
+            for number, line in enumerate(handle, 1):
+                if pattern.search(line):
+                    return number
+    except OSError:
+        pass
+    return 0
+
+
+# --- `netblock import FILE --format F`: a third-party list as our YAML ---
+
+def to_yaml(parsed: Parsed, name: str, source: str, fmt: str) -> str:
+    import yaml
+
+    subtree = sorted(set(parsed.names.get(SUBTREE, []) + parsed.names.get(SUBTREE | NODATA, [])))
+    exact = sorted(set(parsed.names.get(EXACT, []) + parsed.names.get(EXACT | NODATA, [])))
+    below = sorted(set(parsed.names.get(BELOW, []) + parsed.names.get(BELOW | NODATA, [])))
+    doc: dict[str, Any] = {"name": name, "description": f"imported from {source} ({fmt})", "action": "block",
+                           "response": "nxdomain"}
+    if subtree or below:
+        doc["domains"] = subtree + [n for n in below if n not in subtree]
+    if exact:
+        doc["exact"] = exact
+    if parsed.networks:
+        doc["networks"] = [cidr for cidr, _ in parsed.networks]
+    if parsed.allow:
+        doc["allow"] = [n if not exact_ else {"name": n, "match": "exact"} for n, exact_, _ in parsed.allow]
+    header = f"# Imported by `netblock import` from {source} (format {fmt}).\n"
+    if below:
+        header += ("# Wildcard-only entries (*.name) are written as subtrees: our YAML has no\n"
+                   "# below-only entry, so the name itself is blocked too.\n")
+    return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.file).read_text(encoding="utf-8") if args.file != "-" else sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{args.file}: cannot read: {exc}", file=sys.stderr)
+        return 1
+    fmt = args.format or sniff_format(args.file, text)
+    parsed = parse_text(text, fmt, args.file, args.match)
+    for warning in parsed.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if parsed.dropped_warnings:
+        print(f"warning: ... and {parsed.dropped_warnings} more bad lines", file=sys.stderr)
+    nodata = sum(len(v) for t, v in parsed.names.items() if t & NODATA)
+    if nodata:
+        print(f"warning: {nodata} NODATA (CNAME *.) entries written as blocked with the list's response",
+              file=sys.stderr)
+    name = args.name or re.sub(r"[^a-z0-9-]+", "-", Path(args.file).stem.lower()).strip("-") or "imported"
+    output = to_yaml(parsed, name, args.file, fmt)
+    if args.output:
+        Path(args.output).write_text(output, encoding="utf-8")
+    else:
+        sys.stdout.write(output)
+    total = parsed.count + len(parsed.allow) + len(parsed.networks)
+    print(f"imported {total} entries ({len(parsed.warnings) + parsed.dropped_warnings} bad lines skipped)",
+          file=sys.stderr)
+    return 0 if total else 1
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("import", help="hosts, plain, adblock or RPZ list -> netblock YAML")
+    parser.add_argument("file", help="the list file ('-' for standard input)")
+    parser.add_argument("--format", "-f", choices=FORMATS, help="input format (default: guessed)")
+    parser.add_argument("--match", choices=("exact", "subtree"), help="what a bare name means")
+    parser.add_argument("--name", help="the list name (default: from the file name)")
+    parser.add_argument("--output", "-o", help="write here instead of standard output")
+    parser.set_defaults(func=cmd_import)

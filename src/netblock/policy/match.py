@@ -7,12 +7,14 @@ new Policy and swaps one reference, so a query never sees half a list.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from netblock.names import is_under, normalise, to_wire
+from netblock.policy.importers import BELOW, EXACT, NODATA, SUBTREE, BulkEntry, NameSet
 from netblock.policy.lists import Entry, ListFile
 from netblock.policy.rule import PRECEDENCE, Rule, ede_text_for
 from netblock.yamlsrc import SourceError
@@ -40,9 +42,14 @@ class Policy:
     lists: tuple[ListFile, ...] = ()
     guards: tuple[Guard, ...] = ()
     digest: str = ""
+    # Imported names (importers.NameSet), with a rule per slot tag; probed after the dicts.
+    bulk: tuple[tuple[NameSet, tuple[Rule | None, ...]], ...] = ()
+    _hits: dict[tuple[int, str], Rule] = field(default_factory=dict, repr=False)
 
     def match_wire(self, wire: bytes) -> Rule | None:
         """The deciding rule for a lower-cased, uncompressed wire name, or None."""
+        if self.bulk:
+            return self._match_with_bulk(wire)
         rule = self.full.get(wire)
         if rule is not None:
             return rule
@@ -58,6 +65,58 @@ class Policy:
             rule = suffix.get(wire[offset:])
             if rule is not None:
                 return rule
+
+    def _match_with_bulk(self, wire: bytes) -> Rule | None:
+        # Same walk, but each level also asks the NameSets, which hold presentation text:
+        # the name's text from offset o is the suffix whose wire form starts at o. At one
+        # level the usual precedence (allow > block > monitor) decides between tables.
+        labels = []
+        offset = 0
+        while wire[offset]:
+            length = wire[offset]
+            labels.append(wire[offset + 1 : offset + 1 + length])
+            offset += length + 1
+        text = b".".join(labels).decode("latin-1")
+        if b"." in wire and any(b"." in label for label in labels):
+            text = ""  # a label with a dot in it: its text would read as more labels
+        rule = self._bulk_level(text, True, self.full.get(wire))
+        if rule is not None:
+            return rule
+        suffix = self.suffix
+        offset = 0
+        while True:
+            length = wire[offset]
+            if length == 0:
+                return None
+            offset += length + 1
+            if wire[offset] == 0:
+                return None
+            rule = self._bulk_level(text[offset:] if text else "", False, suffix.get(wire[offset:]))
+            if rule is not None:
+                return rule
+
+    def _bulk_level(self, text: str, whole: bool, rule: Rule | None) -> Rule | None:
+        if not text or (rule is not None and rule.action == "allow"):
+            return rule
+        for index, (names, rules) in enumerate(self.bulk):
+            tag = names.find(text, whole)
+            if tag < 0:
+                continue
+            template = rules[tag]
+            if template is not None and _better(template, rule):
+                rule = self._hit(index, text, template)
+        return rule
+
+    def _hit(self, index: int, name: str, template: Rule) -> Rule:
+        """The template with the matched name as its pattern (cited in EDE and events)."""
+        key = (index, name)
+        rule = self._hits.get(key)
+        if rule is None:
+            rule = dataclasses.replace(template, pattern=name,
+                                       ede_text=ede_text_for(template.list_name, name, template.policy))
+            if len(self._hits) < 65536:  # bounded: a flood of distinct blocked names cannot grow it
+                self._hits[key] = rule
+        return rule
 
     def match_name(self, name: str) -> Rule | None:
         return self.match_wire(to_wire(normalise(name)))
@@ -80,7 +139,13 @@ class Policy:
         return bool(self.nets4 or self.nets6)
 
     def entry_counts(self) -> dict[str, int]:
-        return {lst.name: lst.size for lst in self.lists}
+        return {lst.name: list_size(lst) for lst in self.lists}
+
+
+def list_size(lst: ListFile) -> int:
+    """Entries of a list, counting every imported name (ListFile.size counts an include once)."""
+    bulk = [e for e in lst.domains if isinstance(e, BulkEntry)]
+    return lst.size - len(bulk) + sum(len(e.names) for e in bulk if e.names is not None)
 
 
 def _rule(lst: ListFile, entry: Entry, kind: str, action: str) -> Rule:
@@ -116,6 +181,33 @@ def guard_violations(lists: Iterable[ListFile]) -> list[SourceError]:
                         lst.path, entry.line,
                         f"'{entry.name}' covers the guard '{guard}' ({guard_list.path}): block names under it one by one",
                     ))
+        for entry in lst.domains:
+            if isinstance(entry, BulkEntry) and entry.names is not None:
+                errors.extend(_bulk_guard_violations(lst, entry, entry.names, guards))
+    return errors
+
+
+def _bulk_guard_violations(lst: ListFile, entry: BulkEntry, names: NameSet,
+                           guards: list[tuple[str, ListFile]]) -> list[SourceError]:
+    from netblock.policy.importers import locate
+
+    errors = []
+    for guard, guard_list in guards:
+        labels = guard.split(".")
+        for start in range(len(labels)):
+            parent = ".".join(labels[start:])
+            # The guard itself blocked (exact or subtree), everything under it (*.guard),
+            # or a parent's subtree.
+            hits = [names.find(parent, False)] + ([names.find(parent, True)] if start == 0 else [])
+            if max(hits) < 0:
+                continue
+            location = str(entry.meta.get("location", entry.source))
+            line = locate(location, parent) if "://" not in location else 0
+            where = (location, line) if line else (lst.path, entry.line)
+            errors.append(SourceError(
+                where[0], where[1],
+                f"'{parent}' (imported into {lst.name}) covers the guard '{guard}' ({guard_list.path})",
+            ))
     return errors
 
 
@@ -132,9 +224,15 @@ def compile_policy(lists: Iterable[ListFile]) -> Policy:
         if _better(rule, table.get(wire)):
             table[wire] = rule
 
+    bulk: list[tuple[NameSet, tuple[Rule | None, ...]]] = []
     for lst in lists:
         digest.update(f"list {lst.name} {lst.action} {lst.response} {lst.block_ttl} {lst.policy}\n".encode())
         for entry in lst.domains:
+            if isinstance(entry, BulkEntry):
+                if entry.names is not None:
+                    bulk.append((entry.names, _bulk_rules(lst, entry)))
+                    digest.update(b"B " + entry.names.digest.encode() + b"\n")
+                continue
             wire = to_wire(entry.name)
             rule = _rule(lst, entry, "subtree", lst.action)
             put(full, wire, rule)
@@ -175,4 +273,17 @@ def compile_policy(lists: Iterable[ListFile]) -> Policy:
         lists=lists,
         guards=tuple(guards),
         digest=digest.hexdigest()[:16],
+        bulk=tuple(bulk),
     )
+
+
+def _bulk_rules(lst: ListFile, entry: BulkEntry) -> tuple[Rule | None, ...]:
+    """A template rule per NameSet tag (kind, NODATA flag); the pattern is set per hit."""
+    rules: list[Rule | None] = [None] * 8
+    for kind, kind_name in ((EXACT, "exact"), (SUBTREE, "subtree"), (BELOW, "below")):
+        for flag in (0, NODATA):
+            rule = _rule(lst, entry, kind_name, lst.action)
+            if flag:
+                rule = dataclasses.replace(rule, response=dataclasses.replace(rule.response, mode="nodata"))
+            rules[kind | flag] = dataclasses.replace(rule, origin=f"{lst.path}:{entry.line} ({entry.source})")
+    return tuple(rules)
