@@ -1,0 +1,275 @@
+"""Imports of hosts, plain, adblock and RPZ lists: samples written here, parsed for real."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from netblock.policy.importers import BELOW, EXACT, NODATA, SUBTREE, NameSet, parse_text, sniff_format, warnings_for
+from netblock.policy.lists import load_list
+from netblock.policy.match import compile_policy
+from netblock.policy.reload import load_lists
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HOSTS = (
+    "# a hosts file\r\n"
+    "\r\n"
+    "127.0.0.1 localhost\r\n"
+    "0.0.0.0 ads.example.com\r\n"
+    "0.0.0.0   tracker.example.net   # trailing comment\r\n"
+    "127.0.0.1 two.example.org three.example.org\r\n"
+    "::1 six.example.org\r\n"
+    "0.0.0.0 xn--bcher-kva.example\r\n"
+    "0.0.0.0 bücher.example.net\r\n"
+    "0.0.0.0 bad..name\r\n"
+    "this is not a hosts line\r\n"
+    "0.0.0.0 UPPER.Example.COM.\r\n"
+)
+
+PLAIN = (
+    "# plain domains\n"
+    "\n"
+    "zone.example\n"
+    "*.wild.example\n"
+    "xn--80ak6aa92e.com   # punycode IDN\n"
+    "two words\n"
+    "-\n"
+    "last.example"  # no final newline
+)
+
+ADBLOCK = (
+    "[Adblock Plus 2.0]\n"
+    "! Title: test\n"
+    "||blocked.example^\n"
+    "||important.example^$important\n"
+    "@@||allowed.blocked.example^\n"
+    "||third.example^$third-party\n"
+    "example.com##.banner\n"
+    "0.0.0.0 hostsyntax.example\n"
+    "plain.example\n"
+    "||*.wild.example^\n"
+    "\n"
+    "# hash comment\n"
+)
+
+RPZ = (
+    "$TTL 300\n"
+    "$ORIGIN rpz.local.\n"
+    "@ SOA localhost. root.localhost. (\n"
+    "      1 3600 600 86400 300 )\n"
+    "  NS localhost.\n"
+    "; comment line\n"
+    "nx.example CNAME .\n"
+    "*.nx.example CNAME .\n"
+    "nodata.example 300 IN CNAME *.\n"
+    "pass.nx.example CNAME rpz-passthru.\n"
+    "abs.example.rpz.local. CNAME .\n"
+    "drop.example CNAME rpz-drop.\n"
+    "32.1.2.0.192.rpz-ip CNAME .\n"
+    "24.0.100.51.198.rpz-ip CNAME .\n"
+    "48.zz.db8.2001.rpz-ip CNAME .\n"
+    "local.example A 192.0.2.1\n"
+    "xn--mnchen-3ya.example CNAME .\n"
+    "garbage\n"
+    "elsewhere.example. CNAME .\n"
+)
+
+
+def _names(parsed, tag):
+    return sorted(parsed.names.get(tag, []))
+
+
+def test_hosts() -> None:
+    parsed = parse_text(HOSTS, "hosts", "feed.hosts")
+    assert _names(parsed, EXACT) == sorted([
+        "ads.example.com", "tracker.example.net", "two.example.org", "three.example.org", "six.example.org",
+        "xn--bcher-kva.example", "xn--bcher-kva.example.net", "upper.example.com",
+    ])
+    bad = {(w.line, w.path) for w in parsed.warnings}
+    assert bad == {(10, "feed.hosts"), (11, "feed.hosts")}
+    assert "empty label" in str(parsed.warnings[0])
+
+
+def test_plain() -> None:
+    parsed = parse_text(PLAIN, "plain", "feed.txt")
+    assert _names(parsed, SUBTREE) == ["last.example", "xn--80ak6aa92e.com", "zone.example"]
+    assert _names(parsed, BELOW) == ["wild.example"]
+    assert [w.line for w in parsed.warnings] == [6, 7]
+    exact = parse_text(PLAIN, "plain", "feed.txt", match="exact")
+    assert "zone.example" in exact.names[EXACT]
+
+
+def test_adblock() -> None:
+    parsed = parse_text(ADBLOCK, "adblock", "filter.txt")
+    assert _names(parsed, SUBTREE) == ["blocked.example", "important.example"]
+    assert _names(parsed, EXACT) == ["hostsyntax.example", "plain.example"]
+    assert _names(parsed, BELOW) == ["wild.example"]
+    assert parsed.allow == [("allowed.blocked.example", False, 5)]
+    assert sorted(w.line for w in parsed.warnings) == [6, 7]  # $third-party, cosmetic rule
+
+
+def test_rpz() -> None:
+    parsed = parse_text(RPZ, "rpz", "zone.rpz")
+    assert _names(parsed, EXACT) == ["abs.example", "drop.example", "nx.example", "xn--mnchen-3ya.example"]
+    assert _names(parsed, BELOW) == ["nx.example"]
+    assert _names(parsed, EXACT | NODATA) == ["nodata.example"]
+    assert parsed.allow == [("pass.nx.example", True, 10)]
+    assert [n for n, _ in parsed.networks] == ["192.0.2.1/32", "198.51.100.0/24", "2001:db8::/48"]
+    assert sorted(w.line for w in parsed.warnings) == [16, 18, 19]
+
+
+def test_crlf_and_lf_agree() -> None:
+    for text, fmt in ((HOSTS, "hosts"), (PLAIN, "plain"), (ADBLOCK, "adblock"), (RPZ, "rpz")):
+        lf = parse_text(text.replace("\r\n", "\n"), fmt, "x")
+        crlf = parse_text(text.replace("\r\n", "\n").replace("\n", "\r\n"), fmt, "x")
+        assert lf.names == crlf.names
+        assert [w.line for w in lf.warnings] == [w.line for w in crlf.warnings]
+
+
+def test_fast_path_and_careful_path_agree() -> None:
+    # A large clean chunk takes the regex path; one bad line sends its chunk line by line.
+    names = [f"host{i}.example{i % 7}.com" for i in range(30000)]
+    clean = "".join(f"0.0.0.0 {n}\n" for n in names)
+    dirty = clean + "oops\n"
+    fast, careful = parse_text(clean, "hosts", "a"), parse_text(dirty, "hosts", "b")
+    assert fast.names[EXACT] == careful.names[EXACT] == names
+    assert [w.line for w in careful.warnings] == [30001]
+
+
+def test_sniffing() -> None:
+    assert sniff_format("x.txt", HOSTS) == "hosts"
+    assert sniff_format("x.txt", PLAIN) == "plain"
+    assert sniff_format("x.txt", ADBLOCK) == "adblock"
+    assert sniff_format("x.txt", RPZ) == "rpz"
+    assert sniff_format("feed.rpz", "") == "rpz"
+
+
+def test_nameset_lookup_and_levels() -> None:
+    names = NameSet(["a.example", "b.example", "a.example", "c.example"], [EXACT, SUBTREE, EXACT, BELOW])
+    assert len(names) == 3
+    assert names.find("a.example", True) == EXACT
+    assert names.find("a.example", False) == -1  # exact: not for names under it
+    assert names.find("b.example", True) == SUBTREE and names.find("b.example", False) == SUBTREE
+    assert names.find("c.example", True) == -1 and names.find("c.example", False) == BELOW
+    assert names.find("d.example", True) == -1
+    assert sorted(names.items()) == [("a.example", EXACT), ("b.example", SUBTREE), ("c.example", BELOW)]
+
+
+def _write(tmp_path: Path, name: str, text: str, newline: str = "\n") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.replace("\n", newline).encode())
+    return path
+
+
+def test_include_in_a_list_file(tmp_path: Path) -> None:
+    _write(tmp_path, "feed.hosts", HOSTS)
+    _write(tmp_path, "zone.rpz", RPZ)
+    _write(tmp_path, "filter.txt", ADBLOCK)
+    listfile = _write(tmp_path, "imported.yaml", (
+        "name: imported\n"
+        "include:\n"
+        "  - feed.hosts\n"
+        "  - {path: zone.rpz, format: rpz}\n"
+        "  - {path: filter.txt, format: adblock}\n"
+    ))
+    lst, errors = load_list(listfile)
+    assert errors == [] and lst is not None
+    warnings = warnings_for(str(listfile))
+    assert any(w.path.endswith("feed.hosts") and w.line == 10 for w in warnings)
+    assert any(w.path.endswith("zone.rpz") and w.line == 18 for w in warnings)
+    policy = compile_policy([lst])
+    decide = {}
+    for name in ("ads.example.com", "sub.ads.example.com", "nx.example", "deep.sub.nx.example",
+                 "pass.nx.example", "nodata.example", "blocked.example", "x.blocked.example",
+                 "allowed.blocked.example", "wild.example", "a.wild.example", "xn--bcher-kva.example",
+                 "notads.example.com", "example.com"):
+        rule = policy.match_name(name)
+        decide[name] = (rule.action, rule.response.mode) if rule else None
+    assert decide == {
+        "ads.example.com": ("block", "nxdomain"),
+        "sub.ads.example.com": None,  # hosts entries are exact
+        "nx.example": ("block", "nxdomain"),
+        "deep.sub.nx.example": ("block", "nxdomain"),
+        "pass.nx.example": ("allow", "nxdomain"),
+        "nodata.example": ("block", "nodata"),
+        "blocked.example": ("block", "nxdomain"),
+        "x.blocked.example": ("block", "nxdomain"),
+        "allowed.blocked.example": ("allow", "nxdomain"),
+        "wild.example": None,  # *.wild.example: only names under it
+        "a.wild.example": ("block", "nxdomain"),
+        "xn--bcher-kva.example": ("block", "nxdomain"),
+        "notads.example.com": None,
+        "example.com": None,
+    }
+    rule = policy.match_name("x.blocked.example")
+    assert rule is not None and rule.pattern == "blocked.example" and "filter.txt" in rule.origin
+    assert policy.match_ip(bytes([192, 0, 2, 1])) is not None
+    assert policy.entry_counts()["imported"] > 10
+
+
+def test_missing_include_is_an_error(tmp_path: Path) -> None:
+    listfile = _write(tmp_path, "l.yaml", "name: l\ninclude:\n  - gone.txt\n")
+    lst, errors = load_list(listfile)
+    assert lst is None
+    assert [(e.line, "file not found" in e.message) for e in errors] == [(3, True)]
+
+
+def test_bad_include_keys(tmp_path: Path) -> None:
+    listfile = _write(tmp_path, "l.yaml", "name: l\ninclude:\n  - {path: a.txt, format: csv}\n  - {nope: 1}\n")
+    lst, errors = load_list(listfile)
+    assert lst is None
+    assert [e.line for e in errors] == [3, 4]
+
+
+def test_imported_name_covering_a_guard_fails_with_file_line(tmp_path: Path) -> None:
+    _write(tmp_path, "feed.txt", "# feed\nok.example\nqq.com\n")
+    listfile = _write(tmp_path, "l.yaml", "name: l\ninclude:\n  - {path: feed.txt, format: plain}\n")
+    _, errors = load_lists([listfile, ROOT / "blocklists" / "allow.yaml"])
+    # qq.com covers the guard qq.com and the guards under it (map.qq.com, ...): one error each.
+    assert errors and all(e.path.endswith("feed.txt") and e.line == 3 for e in errors)
+    assert any("guard 'qq.com'" in e.message for e in errors)
+
+
+def test_netblock_import_command(tmp_path: Path) -> None:
+    source = _write(tmp_path, "filter.txt", ADBLOCK)
+    result = subprocess.run([sys.executable, "-m", "netblock", "import", str(source), "--format", "adblock",
+                             "--name", "ads"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "filter.txt:6:" in result.stderr  # the bad line, with file:line
+    document = yaml.safe_load(result.stdout)
+    assert document["name"] == "ads"
+    assert document["domains"] == ["blocked.example", "important.example", "wild.example"]
+    assert document["exact"] == ["hostsyntax.example", "plain.example"]
+    assert document["allow"] == ["allowed.blocked.example"]
+    # The output is a list file netblock loads as it is.
+    out = tmp_path / "ads.yaml"
+    out.write_text(result.stdout)
+    lst, errors = load_list(out)
+    assert errors == [] and lst is not None
+    assert compile_policy([lst]).match_name("x.blocked.example") is not None
+
+
+def test_netblock_import_rpz(tmp_path: Path) -> None:
+    source = _write(tmp_path, "zone.rpz", RPZ)
+    result = subprocess.run([sys.executable, "-m", "netblock", "import", str(source)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    document = yaml.safe_load(result.stdout)
+    assert "2001:db8::/48" in document["networks"]
+    assert {"name": "pass.nx.example", "match": "exact"} in document["allow"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_idn_in_unicode_and_punycode_are_one_name(tmp_path: Path, newline: str) -> None:
+    _write(tmp_path, "feed.txt", "bücher.example\nxn--bcher-kva.example\n", newline)
+    listfile = _write(tmp_path, "l.yaml", "name: l\ninclude:\n  - {path: feed.txt, format: plain}\n")
+    lst, errors = load_list(listfile)
+    assert errors == [] and lst is not None
+    policy = compile_policy([lst])
+    assert policy.entry_counts() == {"l": 1}
+    assert policy.match_name("bücher.example") is not None
