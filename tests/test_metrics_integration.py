@@ -201,3 +201,45 @@ def test_readyz_follows_upstream_reachability(tmp_path):
             assert wait_for(lambda: scrape(m, "/readyz")[0] == 200, 10), scrape(m, "/readyz")
             assert scrape(m, "/readyz") == (200, "ready\n")
             assert f'netblock_upstream_healthy{{upstream="127.0.0.1:{port}"}} 1.0' in scrape(m)[1]
+
+
+def test_scrapes_during_traffic_are_consistent(busy):
+    """Scrapes read the counters while the event loop writes them: every scrape parses and
+    every counter only grows."""
+    import threading
+
+    stop = threading.Event()
+    sent = [0]
+
+    def traffic() -> None:
+        names = ["www.example.test", "weixin.qq.com", "x.blocked.test", "nonexistent.example.test"]
+        while not stop.is_set() and sent[0] < 2000:
+            try:
+                busy.query(
+                    f"q{sent[0]}.{names[sent[0] % 4]}", source=CLIENTS[sent[0] % len(CLIENTS)], timeout=2
+                )
+            except Exception:
+                pass
+            sent[0] += 1
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    previous: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    scrapes = 0
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            status, text = scrape(busy.metrics_port)
+            assert status == 200
+            scrapes += 1
+            for family in text_string_to_metric_families(text):
+                if family.type not in ("counter", "histogram"):
+                    continue
+                for s in family.samples:
+                    key = (s.name, tuple(sorted(s.labels.items())))
+                    assert s.value >= previous.get(key, 0), key
+                    previous[key] = s.value
+    finally:
+        stop.set()
+        thread.join(10)
+    assert scrapes >= 20 and sent[0] >= 50, (scrapes, sent[0])
