@@ -49,11 +49,17 @@ def config(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     return load_config(write_config(tmp_path_factory.mktemp("inspect")))
 
 
+_LOADED: dict[str, object] = {}
+
+
 def engine_for(config, enforcing: bool = False) -> tuple[Engine, list[Detection]]:  # type: ignore[no-untyped-def]
-    loaded = load(config)
+    loaded = _LOADED.get(config.path)
+    if loaded is None:
+        loaded = _LOADED[config.path] = load(config)
     found: list[Detection] = []
-    engine = Engine(loaded.policy, found.append, doh=loaded.doh, doh_list_name=loaded.doh_name,
-                    resolvers=loaded.resolvers, enforcing=enforcing)
+    engine = Engine(loaded.policy, found.append, doh=loaded.doh,  # type: ignore[attr-defined]
+                    doh_list_name=loaded.doh_name, resolvers=loaded.resolvers,  # type: ignore[attr-defined]
+                    enforcing=enforcing, max_flows=1000)
     return engine, found
 
 

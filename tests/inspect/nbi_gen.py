@@ -177,3 +177,19 @@ def mixed_frames(count: int, blocked_every: int = 10) -> list[bytes]:
             frame = tcp(client, server, port, 443, 5000 + i, 0, 0x02)
         frames.append(ether(frame))
     return frames
+
+
+def write_pcapng(path: Path, frames: list[tuple[float, bytes]], linktype: int = 1) -> None:
+    """Section header, one interface (microsecond timestamps), enhanced packet blocks."""
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\x00" * (-len(body) % 4)
+        length = 12 + len(body)
+        return struct.pack("<II", kind, length) + body + struct.pack("<I", length)
+
+    with path.open("wb") as out:
+        out.write(block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)))
+        out.write(block(0x00000001, struct.pack("<HHI", linktype, 0, 65535)))
+        for ts, frame in frames:
+            micros = int(ts * 1_000_000)
+            out.write(block(0x00000006, struct.pack("<IIIII", 0, micros >> 32, micros & 0xFFFFFFFF, len(frame),
+                                                    len(frame)) + frame))

@@ -58,7 +58,8 @@ class Topology:
         self._addr(self.srv, "s0", f"{SRV4}/24", f"{SRV6}/64")
         self.ns(self.srv, "ip", "addr", "add", "10.200.2.3/24", "dev", "s0")
         self.ns(self.cli, "ip", "addr", "add", f"{SPLIT4}/24", "dev", "c0")
-        self.ns(self.cli, "ip", "addr", "add", f"{SPLIT6}/64", "dev", "c0", "nodad")
+        # deprecated (preferred_lft 0): never chosen as a source unless a client binds it
+        self.ns(self.cli, "ip", "addr", "add", f"{SPLIT6}/64", "dev", "c0", "nodad", "preferred_lft", "0")
         self.ns(self.srv, "ip", "route", "add", f"{SPLIT4}/32", "via", RTR4_S, "advmss", "88")
         self.ns(self.srv, "ip", "-6", "route", "add", f"{SPLIT6}/128", "via", RTR6_S, "advmss", "88")
         self.ns(self.cli, "ip", "route", "add", "default", "via", RTR4_C)
@@ -174,7 +175,7 @@ class Topology:
     def tcpdump(self, path: Path, expression: str = "") -> subprocess.Popen[bytes]:
         """tcpdump on the router's client-side interface; returns once it is listening."""
         log = path.with_suffix(".log")
-        args = ["tcpdump", "-i", self.rtr_cif, "-U", "-n", "-s", "0", "-w", str(path)]
+        args = ["tcpdump", "-i", self.rtr_cif, "--immediate-mode", "-U", "-n", "-s", "0", "-w", str(path)]
         if expression:
             args.append(expression)
         proc = self.spawn(self.rtr, *args, log=log)
