@@ -99,7 +99,7 @@ def busy_cores(seconds: float = 1.0) -> float:
 def wait_idle(limit: float, max_wait: float) -> float:
     """Wait (bounded) until the box is nearly idle; returns the last busy-core reading."""
     deadline = time.monotonic() + max_wait
-    reading = busy_cores(1.0)
+    reading = busy_cores(1.0 if max_wait else 0.3)
     while reading > limit and time.monotonic() < deadline:
         reading = busy_cores(1.0)
     return reading

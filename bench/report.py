@@ -70,7 +70,8 @@ def render(data: dict[str, Any]) -> str:
     s = data["settings"]
     lines = [
         f"## {m['date']} — commit {m['commit']}{' (src modified)' if m['dirty'] == 'yes' else ''}"
-        f" — {'quick' if s.quick else 'full'} run",
+        f" — {'quick' if s.quick else 'full'} run"
+        f"{' (STOPPED EARLY, see findings)' if data.get('failed') else ''}",
         "",
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, Python {m['python']}. "
         f"Peers: {m['peers']}.",

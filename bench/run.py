@@ -56,7 +56,12 @@ class Settings:
     retries: int
     sizes: tuple[int, ...]
     soak_seconds: float = 0.0
+    budget_s: float = 1800.0  # throughput + latency; past it, no more idle waits or repeats
+    started: float = field(default_factory=time.monotonic)
     notes: list[str] = field(default_factory=list)
+
+    def in_budget(self) -> bool:
+        return time.monotonic() - self.started < self.budget_s
 
 
 def settings(args: argparse.Namespace) -> Settings:
@@ -78,7 +83,7 @@ def settings(args: argparse.Namespace) -> Settings:
             seconds=10,
             warm_passes=10,
             latency_seconds=10,
-            idle_wait=90,
+            idle_wait=20,
             retries=2,
             sizes=(1_000, 100_000, 1_000_000),
         )
@@ -88,6 +93,8 @@ def settings(args: argparse.Namespace) -> Settings:
         s.seconds = s.latency_seconds = args.seconds
     if args.soak:
         s.soak_seconds = args.soak_seconds
+    if args.budget_minutes:
+        s.budget_s = args.budget_minutes * 60
     return s
 
 
@@ -134,7 +141,7 @@ def check_answers(server: servers.Server, world: World) -> list[str]:
 def measure_once(
     server: servers.Server, world: World, mix: str, s: Settings, nsd: servers.Server, **kwargs: Any
 ) -> tuple[dnsperf.Result, int]:
-    wait_idle(IDLE_LIMIT, s.idle_wait)
+    wait_idle(IDLE_LIMIT, s.idle_wait if s.in_budget() else 0)
     before = servers.nsd_queries(nsd)
     result = dnsperf.run(
         server.port, world.mix(mix), cpu=LOADGEN_CPU, server_pid=server.pid, watch_pids=(nsd.pid,), **kwargs
@@ -153,6 +160,8 @@ def throughput(
             for server in order:
                 attempts = []
                 for attempt in range(1 + s.retries):
+                    if attempt and not s.in_budget():
+                        break
                     result, upstream = measure_once(server, world, mix, s, nsd, seconds=s.seconds)
                     attempts.append((result, upstream))
                     again = result.other_cores > CONTENDED and attempt < s.retries
@@ -419,6 +428,10 @@ def soak(procs: Procs, world: World, nsd: servers.Server, s: Settings) -> dict[s
 # ---- the whole run ---------------------------------------------------------------------------
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -427,6 +440,8 @@ def main() -> int:
     parser.add_argument("--soak", action="store_true", help="add the soak: 1,000 q/s, 40%% blocked")
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--budget-minutes", type=float, default=0.0,
+                        help="time for throughput + latency before idle waits and repeats stop (default 30)")
     parser.add_argument("--seconds", type=float, default=0.0, help="length of each dnsperf run")
     parser.add_argument("--servers", default="netblock,dnsmasq,unbound")
     parser.add_argument("--skip", default="", help="comma list of: scale,reload,latency")
@@ -451,6 +466,9 @@ def main() -> int:
     procs = Procs(workdir)
     data: dict[str, object] = {"settings": s, "command": command, "findings": []}
     findings: list[str] = data["findings"]  # type: ignore[assignment]
+    interrupted = False
+    # SIGTERM unwinds like Ctrl-C, so the `finally` below stops every process by PID.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         world = build(workdir / "world")
         data["world"] = {
@@ -543,12 +561,19 @@ def main() -> int:
         if s.soak_seconds and "netblock" in wanted:
             print(f"bench: soak {s.soak_seconds:.0f} s at 1,000 q/s, 40% blocked")
             data["soak"] = soak(procs, world, nsd, s)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    except Exception as exc:
+        findings.append(f"the run stopped early: {type(exc).__name__}: {exc}")
+        data["failed"] = True
+        raise
     finally:
         procs.stop_all()
         data["elapsed_s"] = time.time() - started
         text = report.render(data)
         print(text)
-        if not args.no_record:
+        if not args.no_record and not interrupted:
             report.append(REPO / "bench" / "RESULTS.md", text)
             print("bench: appended to bench/RESULTS.md")
         if not args.keep:
