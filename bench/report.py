@@ -100,8 +100,8 @@ def render(data: dict[str, Any]) -> str:
             "### Saturation, one core each",
             "",
             "| Server | (a) blocked QPS | µs/q | (b) cached QPS | µs/q | (c) 90/10 QPS | µs/q | lost "
-            "| upstream q | samples a / b / c |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| upstream q | other cores a / b / c | samples a / b / c |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for name, mixes in tp.items():
             row = [name]
@@ -110,6 +110,7 @@ def render(data: dict[str, Any]) -> str:
                 row += [_f(e["qps"], 0) + ("*" if e["starred"] else ""), _f(e["us_q"])]
             row.append(_f(sum(e["lost"] for e in mixes.values())))
             row.append(_f(sum(e["upstream"] for e in mixes.values())))
+            row.append(" / ".join(f"{mixes[mix]['other']:.2f}" for mix in ("a", "b", "c")))
             row.append(" / ".join(",".join(str(x) for x in mixes[mix]["samples"]) for mix in ("a", "b", "c")))
             lines.append("| " + " | ".join(row) + " |")
         lines += [

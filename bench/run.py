@@ -203,6 +203,7 @@ def summarise(
                 "upstream": sum(int(e["upstream"]) for e in entries),  # type: ignore[call-overload]
                 "starred": len(clean) < len(results),
                 "samples": [round(r.qps) for r in results],  # type: ignore[attr-defined]
+                "other": statistics.median(r.other_cores for r in results),  # type: ignore[attr-defined]
             }
     return summary
 
