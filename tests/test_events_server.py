@@ -110,9 +110,20 @@ def by_device(report: dict[str, object]) -> dict[str, dict[str, object]]:
     return {d["device"]: d for d in report["devices"]}  # type: ignore[attr-defined,index]
 
 
+def metrics_text(nb: Netblock) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{nb.metrics_port}/metrics", timeout=5).read().decode()
+
+
+def device_metric(nb: Netblock, device: str) -> float:
+    match = re.search(rf'^netblock_device_blocked_total{{device="{device}"}} (\S+)$', metrics_text(nb), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_three_clients_counts_per_device(server: Netblock) -> None:
     plan = {"127.0.0.2": 7, "127.0.0.3": 3, "127.0.0.4": 5}
     before = db_count(server)
+    started = f"{time.time():.3f}"  # this test's events only, whatever ran before it
+    metric_before = device_metric(server, "laptop-two")
     for source, count in plan.items():
         for i in range(count):
             answer = server.query(f"host{i}.weixin.qq.com", source=source)
@@ -121,7 +132,8 @@ def test_three_clients_counts_per_device(server: Netblock) -> None:
         answer = server.query("mail.example.test", source="127.0.0.3")
         assert answer.rcode() == dns.rcode.NOERROR and answer.answer
     assert wait_for(lambda: db_count(server) == before + 17, 10), db_count(server)
-    devices = by_device(report_json(server))
+    devices = by_device(report_json(server, "--since", started))
+    assert set(devices) == {"laptop-two", "laptop-three", "phone-four"}
     assert devices["laptop-two"]["attempts"] == 7
     assert devices["laptop-two"]["blocked"] == 7
     assert devices["laptop-two"]["owner"] == "Alice Two"
@@ -138,18 +150,16 @@ def test_three_clients_counts_per_device(server: Netblock) -> None:
     assert monitored == [dict(monitored[0], count=2, blocked=0, monitored=2)]
     assert three["first_attempt"] <= three["last_attempt"]  # type: ignore[operator]
     # Filters: one device, one list.
-    only = report_json(server, "--device", "laptop-three", "--list", "evmonitor")
+    only = report_json(server, "--device", "laptop-three", "--list", "evmonitor", "--since", started)
     assert [(d["device"], d["attempts"]) for d in only["devices"]] == [("laptop-three", 2)]  # type: ignore[attr-defined,index]
     # The same through the other formats.
-    table = netblock_cli("report", "-c", str(server.config_path)).stdout
+    table = netblock_cli("report", "-c", str(server.config_path), "--since", started).stdout
     assert re.search(r"^laptop-two\s+Alice Two\s+\S+\s+\S+\s+7\s+7\s+0\s", table, re.M), table
     csv_text = netblock_cli("report", "--format", "csv", "-c", str(server.config_path)).stdout
     assert "laptop-three,Bob Three,Legal,yes," in csv_text
     # The per-device metric counts inventory devices only.
-    metrics = (
-        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-    )
-    assert 'netblock_device_blocked_total{device="laptop-two"} 7.0' in metrics
+    assert device_metric(server, "laptop-two") == metric_before + 7
+    assert 'device="127.0.0.' not in metrics_text(server)
 
 
 def test_edns_mac_option_names_the_device(server: Netblock) -> None:
