@@ -265,3 +265,78 @@ forward-zone:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------- a windowed UDP load client
+
+
+class Result:
+    __slots__ = ("answer", "latency", "sent")
+
+    def __init__(self, sent: float) -> None:
+        self.sent = sent
+        self.answer: bytes | None = None
+        self.latency = 0.0
+
+
+def blast(port: int, queries: list[bytes], window: int = 100, rate: float = 0.0, timeout: float = 30.0,
+          late: float = 3.0) -> list[Result]:
+    """Send `queries` (IDs must be distinct) over one UDP socket with at most `window`
+    unanswered, or at `rate` per second regardless of answers; collect answers by ID."""
+    import select
+
+    results: list[Result | None] = [None] * len(queries)
+    index_of = {struct.unpack_from("!H", q)[0]: i for i, q in enumerate(queries)}
+    assert len(index_of) == len(queries), "query IDs must be distinct"
+    outstanding = 0
+    next_query = 0
+    started = time.monotonic()
+    deadline = started + timeout
+    last_sent = started
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+        sock.setblocking(False)
+        sock.connect(("127.0.0.1", port))
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if next_query < len(queries):
+                if rate:
+                    due = int((now - started) * rate) + 1
+                    while next_query < min(due, len(queries)):
+                        results[next_query] = Result(time.monotonic())
+                        try:
+                            sock.send(queries[next_query])
+                        except BlockingIOError:
+                            pass
+                        next_query += 1
+                        last_sent = time.monotonic()
+                else:
+                    while outstanding < window and next_query < len(queries):
+                        results[next_query] = Result(time.monotonic())
+                        sock.send(queries[next_query])
+                        next_query += 1
+                        outstanding += 1
+                        last_sent = time.monotonic()
+            elif outstanding <= 0 or now - last_sent > late:
+                break
+            readable, _, _ = select.select([sock], [], [], 0.0005 if rate else 0.05)
+            if not readable:
+                if not rate and now - last_sent > late:
+                    break
+                continue
+            for _ in range(256):
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    break
+                except ConnectionRefusedError:
+                    continue
+                index = index_of.get(struct.unpack_from("!H", data)[0]) if len(data) >= 2 else None
+                if index is None:
+                    continue
+                result = results[index]
+                if result is not None and result.answer is None:
+                    result.answer = data
+                    result.latency = time.monotonic() - result.sent
+                    outstanding -= 1
+    return [r if r is not None else Result(0.0) for r in results]
