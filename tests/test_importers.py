@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netblock.policy.importers import BELOW, EXACT, NODATA, SUBTREE, NameSet, parse_text, sniff_format, warnings_for
+from netblock.policy.importers import (
+    BELOW,
+    EXACT,
+    NODATA,
+    SUBTREE,
+    NameSet,
+    parse_text,
+    sniff_format,
+    warnings_for,
+)
 from netblock.policy.lists import load_list
 from netblock.policy.match import compile_policy
 from netblock.policy.reload import load_lists

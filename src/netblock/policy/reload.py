@@ -1,20 +1,35 @@
 """Loading the whole policy from the configured list files, and swapping it safely.
 
-A new policy is compiled and validated completely before one reference is swapped; on
-any error the last good policy stays in force. At start-up an error is fatal: netblock
-never serves unfiltered.
+A new policy is compiled and validated completely, off the event loop, before one
+reference is swapped; on any problem the last good policy stays in force and the refusal
+is logged with its reason. At start-up an error is fatal: netblock never serves unfiltered.
+
+Refused: any error `netblock lint` reports (YAML syntax, bad entries, a block entry that
+covers a guard), a list file deleted or no longer matched, a list left empty, a list that
+shrinks by more than `policy.max_shrink`, guards that disappear.
+
+Reloads come from SIGHUP and from the watcher thread, which polls the mtimes of the
+config, the list files, their local includes and the on-disk copies of URL sources. A
+second thread refreshes URL sources (sources.py); a changed copy is picked up by the
+watcher like an edited file.
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import glob
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from netblock.config import Config
+from netblock.config import Config, load_config
+from netblock.policy import sources
+from netblock.policy.audit import AuditRecord, diff_lists, git_commit
+from netblock.policy.importers import BulkEntry, warnings_for
 from netblock.policy.lists import ListFile, load_list
 from netblock.policy.match import Policy, compile_policy, guard_violations
 from netblock.yamlsrc import SourceError
@@ -32,69 +47,177 @@ def list_paths(config: Config) -> list[Path]:
     return paths
 
 
-def load_lists(paths: list[Path]) -> tuple[list[ListFile], list[SourceError]]:
+def _stat(path: str | Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, -1)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def include_locations(lst: ListFile) -> list[str]:
+    """Local files and on-disk URL copies a list was built from (for the watcher and cache)."""
+    locations = []
+    for entry in (*lst.domains, *lst.allow, *lst.allow_exact, *lst.networks):
+        location = entry.meta.get("location") if isinstance(entry.meta, dict) else None
+        if not location:
+            continue
+        if "://" in str(location):
+            locations.append(str(sources.default().copy_path(str(location))))
+        else:
+            locations.append(str(location))
+    return sorted(set(locations))
+
+
+class _ListCache:
+    """Parsed list files keyed by the stat of the file and of its includes: a reload
+    re-reads only what changed, so frequent reloads stay cheap for the event loop."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[tuple[int, int, int], ...], ListFile]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, path: Path) -> tuple[ListFile | None, list[SourceError]]:
+        key = str(path)
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is not None:
+            stats, lst = cached
+            if stats == self._stats(key, lst):
+                return lst, []
+        stat_before = _stat(key)
+        fresh, errors = load_list(path)
+        if fresh is not None and not errors and stat_before == _stat(key):
+            with self._lock:
+                self._entries[key] = (self._stats(key, fresh, stat_before), fresh)
+        return fresh, errors
+
+    @staticmethod
+    def _stats(key: str, lst: ListFile,
+               own: tuple[int, int, int] | None = None) -> tuple[tuple[int, int, int], ...]:
+        return (own or _stat(key), *(_stat(p) for p in include_locations(lst)))
+
+
+_cache = _ListCache()
+
+
+def load_lists(paths: list[Path], cached: bool = False) -> tuple[list[ListFile], list[SourceError]]:
     lists: list[ListFile] = []
     errors: list[SourceError] = []
     for path in paths:
-        lst, errs = load_list(path)
+        lst, errs = _cache.load(path) if cached else load_list(path)
         errors.extend(errs)
         if lst is not None:
             lists.append(lst)
     names: dict[str, str] = {}
     for lst in lists:
         if lst.name in names:
-            errors.append(SourceError(lst.path, 1, f"list name '{lst.name}' is also used by {names[lst.name]}"))
+            errors.append(SourceError(lst.path, 1, f"list name '{lst.name}' also used by {names[lst.name]}"))
         names[lst.name] = lst.path
     errors.extend(guard_violations(lists))
     return lists, errors
 
 
-def build_policy(config: Config) -> tuple[Policy | None, list[SourceError]]:
+def build_policy(config: Config, cached: bool = False) -> tuple[Policy | None, list[SourceError]]:
+    sources.configure(config.resolve(config.policy.cache_dir))
     paths = list_paths(config)
     if not paths:
         return None, [SourceError(config.path, 0, "policy.lists matches no list file")]
-    lists, errors = load_lists(paths)
+    lists, errors = load_lists(paths, cached)
     if errors:
         return None, errors
     return compile_policy(lists), []
 
 
-class PolicyHolder:
-    """Owns the current policy and reloads it on request (SIGHUP)."""
+def _release_memory() -> None:
+    """Hand freed heap back to the system after a build (glibc); a big import leaves
+    hundreds of MB of freed temporaries otherwise."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
-    def __init__(self, config: Config, on_swap: Callable[[Policy], None], stats: object | None = None) -> None:
+
+class PolicyHolder:
+    """Owns the current policy; reloads it on SIGHUP and when watched files change."""
+
+    def __init__(self, config: Config, on_swap: Callable[[Policy], None],
+                 stats: object | None = None) -> None:
         self.config = config
         self.on_swap = on_swap
         self.stats = stats
         self.current: Policy | None = None
         self.last_error = ""
         self.last_success = 0.0
+        self.last_audit: AuditRecord | None = None
+        self.reloads_refused = 0  # also counted in stats.reload_failures
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._fingerprint: tuple[tuple[str, tuple[int, int, int]], ...] = ()
 
     def load_initial(self) -> Policy:
-        policy, errors = build_policy(self.config)
+        policy, errors = build_policy(self.config, cached=True)
         if policy is None:
-            raise SourceError(errors[0].path, errors[0].line, errors[0].message) if errors else RuntimeError("no policy")
+            if errors:
+                raise SourceError(errors[0].path, errors[0].line, errors[0].message)
+            raise RuntimeError("no policy")
+        self._log_warnings(policy)
         self._install(policy)
+        self._fingerprint = self._watched()
+        _release_memory()
         return policy
 
-    def reload(self) -> bool:
+    def reload(self, trigger: str = "SIGHUP") -> bool:
         """Build, validate and swap; on any problem keep the last good policy."""
         with self._lock:
-            policy, errors = build_policy(self.config)
-            problem = "; ".join(str(e) for e in errors[:5]) if errors else ""
-            if policy is not None and self.current is not None:
-                problem = shrink_problem(self.current, policy, self.config.policy.max_shrink)
-            if problem or policy is None:
-                self.last_error = problem or "no policy"
-                log.error("policy reload refused, keeping digest %s: %s",
-                          self.current.digest if self.current else "-", self.last_error)
-                self._count("reload_failures")
-                return False
+            config = self._reread_config()
+            if config is None:
+                return self._refuse(self.last_error)
+            policy, errors = build_policy(config, cached=True)
+            if errors or policy is None:
+                shown = "; ".join(str(e) for e in errors[:5])
+                if len(errors) > 5:
+                    shown += f" (+{len(errors) - 5} more)"
+                return self._refuse(shown or "no policy")
             old = self.current
+            if old is not None:
+                problem = refusal(old, policy, config.policy.max_shrink)
+                if problem:
+                    return self._refuse(problem)
+                if policy.digest == old.digest:
+                    self.last_error = ""
+                    self.last_success = time.time()
+                    log.debug("policy reload (%s): no change, digest %s", trigger, policy.digest)
+                    return True
+            self.config = config
+            self._log_warnings(policy)
             self._install(policy)
-            log.info("policy reloaded: digest %s -> %s", old.digest if old else "-", policy.digest)
+            self._audit(old, policy, trigger)
+            _release_memory()
             return True
+
+    def _reread_config(self) -> Config | None:
+        """The config file again, for the policy section (other sections need a restart)."""
+        if not self.config.path:
+            return self.config
+        try:
+            fresh = load_config(self.config.path)
+        except SourceError as exc:
+            self.last_error = f"config: {exc}"
+            return None
+        if dataclasses.replace(fresh, policy=self.config.policy) != self.config:
+            log.warning("config %s changed outside `policy:`; those changes take effect at restart",
+                        self.config.path)
+        return dataclasses.replace(self.config, policy=fresh.policy)
+
+    def _refuse(self, problem: str) -> bool:
+        self.last_error = problem
+        self.reloads_refused += 1
+        log.error("policy reload refused, keeping digest %s: %s",
+                  self.current.digest if self.current else "-", problem)
+        self._count("reload_failures")
+        return False
 
     def _install(self, policy: Policy) -> None:
         self.current = policy
@@ -103,9 +226,101 @@ class PolicyHolder:
         self._count("reload_successes")
         self.on_swap(policy)
 
+    def _audit(self, old: Policy | None, new: Policy, trigger: str) -> None:
+        record = AuditRecord(
+            digest_before=old.digest if old else "-",
+            digest_after=new.digest,
+            changes=diff_lists(old.lists if old else (), new.lists),
+            git=git_commit(lst.path for lst in new.lists),
+            trigger=trigger,
+        )
+        self.last_audit = record
+        lines = record.lines()
+        log.info("policy reloaded: %s", lines[0])
+        for line in lines[1:]:
+            log.info("policy audit: %s", line)
+
+    @staticmethod
+    def _log_warnings(policy: Policy) -> None:
+        for lst in policy.lists:
+            warnings = warnings_for(lst.path)
+            for warning in warnings[:10]:
+                log.warning("list %s: skipped %s", lst.name, warning)
+            if len(warnings) > 10:
+                log.warning("list %s: %d more skipped lines", lst.name, len(warnings) - 10)
+
     def _count(self, attribute: str) -> None:
         if self.stats is not None and hasattr(self.stats, attribute):
             setattr(self.stats, attribute, getattr(self.stats, attribute) + 1)
+
+    # ------------------------------------------------------------------ watching
+
+    def _watched(self) -> tuple[tuple[str, tuple[int, int, int]], ...]:
+        """What a change of triggers a reload: the config, the list files (globs are
+        expanded again, so new and deleted files count), includes and URL copies."""
+        paths = [self.config.path] if self.config.path else []
+        paths += [str(p) for p in list_paths(self.config)]
+        if self.current is not None:
+            for lst in self.current.lists:
+                paths += include_locations(lst)
+        return tuple((p, _stat(p)) for p in sorted(set(paths)))
+
+    def start_watching(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        watcher = threading.Thread(target=self._watch, name="netblock-policy-watch", daemon=True)
+        fetcher = threading.Thread(target=self._fetch, name="netblock-list-sources", daemon=True)
+        self._threads = [watcher, fetcher]
+        watcher.start()
+        fetcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+
+    def _watch(self) -> None:
+        interval = max(0.05, self.config.policy.watch_interval)
+        while not self._stop.wait(interval):
+            try:
+                seen = self._watched()
+                if seen == self._fingerprint:
+                    continue
+                # Let a writer finish: reload once the files stop changing for a moment.
+                self._stop.wait(min(0.1, interval))
+                settled = self._watched()
+                if settled != seen:
+                    continue
+                changed = sorted({p for p, s in set(settled) ^ set(self._fingerprint)})
+                self._fingerprint = settled
+                self.reload(trigger="changed: " + ", ".join(Path(p).name for p in changed[:5]))
+                self._fingerprint = self._watched()
+            except Exception:  # a watcher that dies silently would stop all reloads
+                log.exception("policy watcher error; watching on")
+
+    def _fetch(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                sources.default().refresh_due()
+            except Exception:
+                log.exception("list source refresh error; retrying")
+
+
+def refusal(old: Policy, new: Policy, max_shrink: float) -> str:
+    """Why a new policy must not replace the old one ('' if it may)."""
+    new_paths = {lst.path for lst in new.lists}
+    for lst in old.lists:
+        if lst.path not in new_paths:
+            return f"list file {lst.path} ({lst.name}) was deleted or no longer matches policy.lists"
+    problem = shrink_problem(old, new, max_shrink)
+    if problem:
+        return problem
+    old_guards, new_guards = len(old.guards), len(new.guards)
+    if old_guards and new_guards < old_guards * (1 - max_shrink):
+        return f"guards shrink from {old_guards} to {new_guards} (more than {max_shrink:.0%})"
+    return ""
 
 
 def shrink_problem(old: Policy, new: Policy, max_shrink: float) -> str:
@@ -120,5 +335,10 @@ def shrink_problem(old: Policy, new: Policy, max_shrink: float) -> str:
         if after[name] == 0:
             return f"list '{name}' would be empty (was {count} entries)"
         if after[name] < count * (1 - max_shrink):
-            return f"list '{name}' shrinks from {count} to {after[name]} entries (more than {max_shrink:.0%})"
+            return (f"list '{name}' shrinks from {count} to {after[name]} entries "
+                    f"(more than {max_shrink:.0%})")
     return ""
+
+
+__all__ = ["BulkEntry", "PolicyHolder", "build_policy", "list_paths", "load_lists", "refusal",
+           "shrink_problem"]
