@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def main() -> int:
     parser.add_argument("--qps", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--postgres", help="store events in this PostgreSQL instead of SQLite")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (config, events, logs)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="netblock-events-load-"))
@@ -99,6 +101,10 @@ def main() -> int:
         "server_rss_kib_before": rss_before, "server_rss_kib_after": rss_after,
         "nothing_lost": stored == blocked_answers == jsonl_lines and dropped == 0,
     }
+    if args.keep:
+        summary["work"] = str(work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary, indent=2))
     return 0 if summary["nothing_lost"] else 1
 
