@@ -146,6 +146,26 @@ def test_two_instances_one_database(postgres: Postgres, upstream: Nsd, tmp_path:
             assert devices["laptop-three"]["attempts"] == 4
             assert devices["phone-four"]["monitored"] == 1
             assert sum(s["block"] for s in devices["laptop-two"]["timeline"]) == 7 + 2
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "netblock",
+                "events",
+                "--db",
+                postgres.dsn,
+                "--last",
+                "3",
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr
+        assert [json.loads(line)["instance"] for line in done.stdout.splitlines()] == ["edge-b"] * 3
         assert "password" not in a.log()
     finally:
         for nb in servers:
