@@ -447,3 +447,31 @@ def test_web_config_errors_name_file_and_line(tmp_path, text, line, message):
 def test_missing_web_config_fails_start(tmp_path):
     with pytest.raises(SourceError, match="file not found"):
         MetricsServer(config(tmp_path, web_config="absent.yml"), make_server())
+
+
+def test_idle_connection_flood_is_capped(running):
+    import threading
+
+    from netblock.metrics import MAX_CONNECTIONS
+
+    m = running(config(), make_server())
+    before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 40):
+            idle.append(socket.create_connection(("127.0.0.1", m.port), timeout=5))
+        time.sleep(0.5)
+        # One thread per admitted connection at most; the rest were closed, not queued.
+        assert threading.active_count() - before <= MAX_CONNECTIONS + 1
+    finally:
+        for s in idle:
+            s.close()
+    # Once the idle clients are gone, Prometheus gets through again.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if get(m.port, "/healthz")[0] == 200:
+                break
+        except (ConnectionError, http.client.HTTPException):
+            time.sleep(0.1)
+    assert get(m.port, "/healthz")[0] == 200

@@ -569,6 +569,12 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "netblock"
     sys_version = ""
 
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.request, ssl.SSLSocket):
+            # Here, in the connection's own thread, under the socket timeout set in get_request.
+            self.request.do_handshake()
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         owner = self.server.owner
@@ -613,14 +619,31 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+MAX_CONNECTIONS = 64  # a thread each; Prometheus needs one, a flood of idle clients must not get thousands
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connections waits instead of SYN retries
     allow_reuse_address = True  # a restart must not wait out TIME_WAIT; a live listener still conflicts
     owner: MetricsServer
 
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily) -> None:
         self.address_family = family
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: closed at once, nothing queued
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
