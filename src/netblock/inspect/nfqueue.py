@@ -200,6 +200,9 @@ class Verdicts:
             queued.accept()  # type: ignore[attr-defined]
             self.accepted += 1
             return
+        hw = queued.get_hw()  # type: ignore[attr-defined]
+        if hw:
+            pkt.mac = bytes(hw[:6])  # the sender's MAC, as AF_PACKET would have seen it
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto)
         expiry = self.blocked.get(key)
         if expiry is not None and expiry > pkt.ts:
@@ -217,7 +220,8 @@ class Verdicts:
             self.blocked.clear()
         self.blocked[key] = pkt.ts + self.cache_seconds
         if pkt.proto == TCP and not pkt.flags & 0x02:
-            self.on_reset(pkt, detection.end_seq)
+            # This packet never reaches the server: its rcv_nxt is this packet's first byte.
+            self.on_reset(pkt, pkt.seq)
         queued.set_mark(MARK)  # type: ignore[attr-defined]
         queued.repeat()  # type: ignore[attr-defined]
         self.dropped += 1

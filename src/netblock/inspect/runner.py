@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from netblock.config import Config, parse_hostport
+from netblock.config import Inspector as Inspector_defaults
 from netblock.inspect.capture import LiveCapture, build_filter, replay_file
 from netblock.inspect.detect import Detection, Engine
 from netblock.inspect.record import Sink
@@ -46,8 +47,11 @@ def load(config: Config) -> Loaded:
         )
     doh: Policy | None = None
     doh_name = "doh-resolvers"
-    if config.inspector.doh_list:
-        path = config.resolve(config.inspector.doh_list)
+    path = config.resolve(config.inspector.doh_list) if config.inspector.doh_list else None
+    if path is not None and not path.exists() and config.inspector.doh_list == Inspector_defaults.doh_list:
+        log.warning("no DoH resolver list at %s: DoH is detected only through the policy lists", path)
+        path = None
+    if path is not None:
         lst, errs = load_list(path)
         if errs:
             raise errs[0]
