@@ -1,0 +1,200 @@
+"""Overload: a blackholed upstream under 5,000 queries/s, and TCP connections that never
+finish a query. The in-flight cap holds (observed at the fake upstream), the excess gets a
+fast, counted SERVFAIL, memory stays flat, service comes back quickly when the upstream
+does; idle and half-sent TCP connections neither stop service nor live past the timeout."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+
+import dns.edns
+import dns.message
+import dns.rcode
+
+from harness import Netblock, Nsd
+from test_reliability_tools import (
+    FakeUpstream,
+    answer_a,
+    blast,
+    exchange,
+    header,
+    metric,
+    opt,
+    question,
+    rss_kb,
+    scrape,
+    wire_name,
+)
+
+CAP = 50
+TIMEOUT = 1.0
+
+
+def _ede_text(answer: bytes) -> str:
+    message = dns.message.from_wire(answer)
+    texts = [o.text or "" for o in message.options if isinstance(o, dns.edns.EDEOption)]
+    return texts[0] if texts else ""
+
+
+def test_blackholed_upstream_at_5000_qps(tmp_path: Path) -> None:
+    fake = FakeUpstream(handler=None).start()  # receives, records, never answers
+    config = {"access": {"rate_limit": {"queries": 0}},
+              "upstreams": {"max_in_flight": CAP, "timeout": TIMEOUT, "attempt_timeout": TIMEOUT,
+                            "health_interval": 0}}
+    try:
+        with Netblock(tmp_path / "nb", [fake.address], config=config) as server:
+            server.query("weixin.qq.com", "A")  # warm: the blocked path is up
+            time.sleep(TIMEOUT + 0.2)  # the start-up probe has timed out and left
+            baseline = rss_kb(server.pid)
+            rejected_before = metric(scrape(server.metrics_port), "netblock_inflight_rejected_total")
+            fake.seen.clear()
+            peak = [baseline]
+            blocked_latency: list[float] = []
+            stop = threading.Event()
+
+            def watch() -> None:
+                while not stop.is_set():
+                    peak[0] = max(peak[0], rss_kb(server.pid))
+                    started = time.monotonic()
+                    answer = exchange(server.port, header(qid=9) + question(wire_name("weixin.qq.com")), 2)
+                    if answer is not None and answer[3] & 0x0F == 3:
+                        blocked_latency.append(time.monotonic() - started)
+                    time.sleep(0.1)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            count = 15_000  # 3 s at 5,000/s
+            queries = [header(qid=i, ar=1) + question(wire_name(f"o{i}.load.test")) + opt()
+                       for i in range(count)]
+            try:
+                results = blast(server.port, queries, rate=5000, timeout=30, late=TIMEOUT + 1)
+            finally:
+                stop.set()
+                watcher.join(5)
+            after = scrape(server.metrics_port)
+            # Fill every slot with queries the blackhole swallows, then the upstream returns:
+            # how long until a new name resolves?
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as filler:
+                for i in range(CAP + 10):
+                    stuck = header(qid=i) + question(wire_name(f"f{i}.load.test"))
+                    filler.sendto(stuck, ("127.0.0.1", server.port))
+                time.sleep(0.1)
+            fake.handler = lambda query, peer: answer_a(query)
+            returned = time.monotonic()
+            recovered = None
+            for i in range(60):
+                answer = exchange(server.port, header(qid=i) + question(wire_name(f"r{i}.load.test")), 0.2)
+                if answer is not None and answer[3] & 0x0F == 0:
+                    recovered = time.monotonic() - returned
+                    break
+                time.sleep(0.05)
+            final_rss = rss_kb(server.pid)
+
+            arrivals = sorted(t for t, _port, _id, q in fake.seen if q[:-4].endswith(b"\x04load\x04test\x00"))
+            # Every query admitted upstream holds a slot for TIMEOUT seconds, so any window
+            # shorter than that sees at most CAP arrivals.
+            window = TIMEOUT - 0.1
+            most = max(sum(1 for t in arrivals[i:] if t - start < window) for i, start in enumerate(arrivals))
+            assert 0 < most <= CAP, most
+            answered = [r for r in results if r.answer is not None]
+            assert len(answered) >= count * 0.99, f"{count - len(answered)} lost"
+            assert all(r.answer is not None and r.answer[3] & 0x0F == 2 for r in answered)
+            fast = [r for r in answered
+                    if r.answer is not None and _ede_text(r.answer) == "too many queries in flight"]
+            rejected = metric(after, "netblock_inflight_rejected_total") - rejected_before
+            lost = count - len(answered)
+            assert len(fast) <= rejected <= len(fast) + lost and len(fast) >= count - CAP * 5 - lost
+            latencies = sorted(r.latency for r in fast)
+            assert latencies[len(latencies) // 2] < 0.05, latencies[len(latencies) // 2]  # median
+            assert latencies[int(len(latencies) * 0.99)] < 0.5
+            slow = [r for r in answered if r not in fast]
+            assert all(TIMEOUT - 0.1 < r.latency < TIMEOUT + 0.5 for r in slow)
+            assert blocked_latency and max(blocked_latency) < 0.5, blocked_latency
+            assert peak[0] - baseline < 50 * 1024, (baseline, peak[0])
+            assert final_rss - baseline < 50 * 1024
+            assert recovered is not None and recovered <= 2.0, recovered
+            print(f"cap {CAP}: max {most} upstream arrivals per {window:.1f}s, {rejected:.0f} rejected, "
+                  f"median {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+                  f"RSS {baseline} -> peak {peak[0]} KB, "
+                  f"blocked max {max(blocked_latency) * 1000:.1f} ms, recovered in {recovered:.2f}s")
+    finally:
+        fake.stop()
+
+
+def _connect(port: int, payload: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if payload:
+        sock.sendall(payload)
+    sock.setblocking(False)
+    return sock
+
+
+def _closed_at(socks: list[socket.socket], deadline: float) -> dict[socket.socket, float]:
+    """When the server closed each connection (EOF or reset), until `deadline`."""
+    closed: dict[socket.socket, float] = {}
+    while len(closed) < len(socks) and time.monotonic() < deadline:
+        open_socks = [s for s in socks if s not in closed]
+        readable, _, _ = select.select(open_socks, [], [], 0.1)
+        for sock in readable:
+            try:
+                data = sock.recv(4096)
+            except (ConnectionResetError, BlockingIOError):
+                data = b""
+            if not data:
+                closed[sock] = time.monotonic()
+    return closed
+
+
+def test_idle_and_half_sent_tcp_connections(tmp_path: Path, upstream: Nsd) -> None:
+    idle_timeout = 2.0
+    config = {"tcp": {"idle_timeout": idle_timeout, "max_connections": 400}}
+    with Netblock(tmp_path / "nb", [upstream.address], config=config) as server:
+        started = time.monotonic()
+        query = header(qid=1) + question()
+        socks = [_connect(server.port, b"") for _ in range(100)]  # idle
+        socks += [_connect(server.port, b"\x00") for _ in range(100)]  # one byte of the prefix
+        socks += [_connect(server.port, len(query).to_bytes(2, "big") + query[:5]) for _ in range(100)]  # cut
+        try:
+            # Service goes on over UDP and TCP while all 300 are held open.
+            t0 = time.monotonic()
+            assert server.query("www.example.test", "A").rcode() == dns.rcode.NOERROR
+            assert server.query("www.example.test", "A", tcp=True).rcode() == dns.rcode.NOERROR
+            assert server.query("weixin.qq.com", "A", tcp=True).rcode() == dns.rcode.NXDOMAIN
+            assert time.monotonic() - t0 < 1.0
+            closed = _closed_at(socks, started + idle_timeout + 4)
+            assert len(closed) == 300, f"{300 - len(closed)} connections still open"
+            ages = [at - started for at in closed.values()]
+            assert min(ages) >= idle_timeout - 0.3 and max(ages) <= idle_timeout + 1.0, (min(ages), max(ages))
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def test_connection_limit_refuses_promptly(tmp_path: Path, upstream: Nsd) -> None:
+    limit = 20
+    config = {"tcp": {"idle_timeout": 2.0, "max_connections": limit}}
+    with Netblock(tmp_path / "nb", [upstream.address], config=config) as server:
+        held = [_connect(server.port, b"") for _ in range(limit)]
+        try:
+            time.sleep(0.2)
+            before = metric(scrape(server.metrics_port), "netblock_tcp_connections_rejected_total")
+            started = time.monotonic()
+            extra = [_connect(server.port, b"") for _ in range(5)]
+            closed = _closed_at(extra, started + 1.5)
+            # Over the limit: closed at once, not queued until a slot frees.
+            assert len(closed) == 5 and max(closed.values()) - started < 0.5
+            rejected = metric(scrape(server.metrics_port), "netblock_tcp_connections_rejected_total")
+            assert rejected - before == 5
+            assert server.query("www.example.test", "A").rcode() == dns.rcode.NOERROR  # UDP unaffected
+            for sock in extra:
+                sock.close()
+            # Once the idle ones time out, TCP serves again.
+            _closed_at(held, time.monotonic() + 4)
+            assert server.query("www.example.test", "A", tcp=True).rcode() == dns.rcode.NOERROR
+        finally:
+            for sock in held:
+                sock.close()
