@@ -1,0 +1,201 @@
+"""Hot reload while serving: the real server (tests/harness.py), real queries, real files.
+
+A valid edit takes effect within 2 s; a YAML syntax error, an empty file, a deleted file,
+a sharp shrink and a guard violation each leave the old policy in force and are logged;
+reloads ten times a second under 500 queries a second never give a wrong answer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from harness import BLOCKLISTS, Netblock, Nsd, wait_for
+
+LIST = """name: test
+policy: {id: TEST-1, title: reload tests}
+action: block
+domains:
+  - www.example.test
+  - a.blocked.test
+  - b.blocked.test
+  - c.blocked.test
+"""
+BLOCKED = "www.example.test."  # blocked by LIST from the start: must stay blocked
+OPEN = "mail.example.test."  # resolves (192.0.2.25) until an edit blocks it
+
+
+def _rcode(server: Netblock, name: str) -> int:
+    return server.query(name, "A", timeout=2.0).rcode()
+
+
+@pytest.fixture
+def lists(tmp_path: Path) -> Path:
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "test.yaml").write_text(LIST)
+    shutil.copy(BLOCKLISTS / "allow.yaml", folder / "allow.yaml")  # the guards
+    return folder
+
+
+@pytest.fixture
+def server(tmp_path: Path, upstream: Nsd, lists: Path) -> Iterator[Netblock]:
+    with Netblock(tmp_path / "nb", [upstream.address], lists=[lists / "*.yaml"],
+                  config={"policy": {"watch_interval": 0.2},
+                          # 500 queries a second from one client: above the default rate limit.
+                          "access": {"rate_limit": {"queries": 1_000_000}}}) as nb:
+        assert _rcode(nb, BLOCKED) == dns.rcode.NXDOMAIN
+        assert _rcode(nb, OPEN) == dns.rcode.NOERROR
+        yield nb
+
+
+def _refused(server: Netblock, count_before: int, timeout: float = 5.0) -> str:
+    """Wait for one more refusal in the log and return its line."""
+    def refusals() -> list[str]:
+        return [line for line in server.log().splitlines() if "policy reload refused" in line]
+    assert wait_for(lambda: len(refusals()) > count_before, timeout), server.log()[-3000:]
+    return refusals()[-1]
+
+
+def _refusal_count(server: Netblock) -> int:
+    return server.log().count("policy reload refused")
+
+
+def test_valid_edit_takes_effect_within_two_seconds(server: Netblock, lists: Path) -> None:
+    start = time.monotonic()
+    (lists / "test.yaml").write_text(LIST + "  - mail.example.test\n")
+    assert wait_for(lambda: _rcode(server, OPEN) == dns.rcode.NXDOMAIN, 2.0), server.log()[-2000:]
+    elapsed = time.monotonic() - start
+    assert elapsed <= 2.0
+    assert _rcode(server, BLOCKED) == dns.rcode.NXDOMAIN
+    # The audit record of this reload: exactly the one entry added.
+    audit = "list test: 1 added, 0 removed; added [domains:mail.example.test]"
+    assert wait_for(lambda: audit in server.log(), 2)
+    # And taking it out again unblocks it.
+    (lists / "test.yaml").write_text(LIST)
+    assert wait_for(lambda: _rcode(server, OPEN) == dns.rcode.NOERROR, 2.0)
+    assert "list test: 0 added, 1 removed; removed [domains:mail.example.test]" in server.log()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("yaml", "YAML syntax"),
+    ("empty", "empty list file"),
+    ("deleted", "was deleted"),
+    ("shrink", "shrinks from 4 to 1"),
+    ("guard", "covers the guard 'qq.com'"),
+])
+def test_bad_edit_keeps_the_old_policy(server: Netblock, lists: Path, damage: str, reason: str) -> None:
+    path = lists / "test.yaml"
+    before = _refusal_count(server)
+    if damage == "yaml":
+        path.write_text(LIST + "  - mail.example.test\n  - {broken: [\n")
+    elif damage == "empty":
+        path.write_text("")
+    elif damage == "deleted":
+        path.unlink()
+    elif damage == "shrink":
+        path.write_text(LIST.split("  - a.blocked.test")[0])  # 4 entries -> 1: more than half gone
+    elif damage == "guard":
+        path.write_text(LIST + "  - mail.example.test\n  - qq.com\n")
+    line = _refused(server, before)
+    assert reason in line
+    if damage in ("yaml", "guard"):
+        assert str(path) + ":" in line  # file:line
+    # The old policy is in force: the blocked probe is still blocked, the edit did not land.
+    assert _rcode(server, BLOCKED) == dns.rcode.NXDOMAIN
+    assert _rcode(server, OPEN) == dns.rcode.NOERROR
+    assert _rcode(server, "a.blocked.test.") == dns.rcode.NXDOMAIN
+    # SIGHUP gives the same answer, and the server keeps serving.
+    before = _refusal_count(server)
+    server.signal(signal.SIGHUP)
+    _refused(server, before)
+    assert _rcode(server, BLOCKED) == dns.rcode.NXDOMAIN
+    # Repaired, the next edit takes effect.
+    path.write_text(LIST + "  - mail.example.test\n")
+    assert wait_for(lambda: _rcode(server, OPEN) == dns.rcode.NXDOMAIN, 3.0), server.log()[-2000:]
+
+
+def _lint(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "netblock", "lint", *map(str, args)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_lint_fails_on_the_guard_violation_with_file_line(lists: Path) -> None:
+    (lists / "test.yaml").write_text(LIST + "  - qpic.cn\n")
+    result = _lint(lists)
+    assert result.returncode == 1
+    assert f"{lists / 'test.yaml'}:9: 'qpic.cn' covers the guard 'qpic.cn'" in result.stderr
+    # As an exact host under the guard it is fine.
+    (lists / "test.yaml").write_text(LIST + "exact:\n  - mmbiz.qpic.cn\n")
+    result = _lint(lists)
+    assert result.returncode == 0, result.stderr
+
+
+def test_ten_reloads_a_second_under_500_queries_a_second(server: Netblock, lists: Path) -> None:
+    toggle = lists / "toggle.yaml"
+    variants = [f"name: toggle\ndomains:\n  - t{i}.blocked.test\n  - u{i}.blocked.test\n" for i in range(2)]
+    toggle.write_text(variants[0])
+    assert wait_for(lambda: _rcode(server, "t0.blocked.test.") == dns.rcode.NXDOMAIN, 3.0)
+    stop = threading.Event()
+    edits = 0
+
+    def edit() -> None:
+        nonlocal edits
+        while not stop.is_set() and edits < 100:
+            edits += 1
+            toggle.write_text(variants[edits % 2])
+            server.signal(signal.SIGHUP)
+            stop.wait(0.1)
+
+    editor = threading.Thread(target=edit)
+    expected = {BLOCKED: (dns.rcode.NXDOMAIN, None), OPEN: (dns.rcode.NOERROR, "192.0.2.25"),
+                "a.blocked.test.": (dns.rcode.NXDOMAIN, None),
+                "tracker.blocked.test.": (dns.rcode.NOERROR, "192.0.2.99")}
+    names = list(expected)
+    wrong: list[str] = []
+    answered = sent = 0
+    duration, rate = 3.0, 500
+    editor.start()
+    start = time.monotonic()
+    try:
+        while sent < duration * rate:
+            # Pace to 500 queries a second.
+            delay = start + sent / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            name = names[sent % len(names)]
+            sent += 1
+            try:
+                query = dns.message.make_query(name, "A")
+                reply = dns.query.udp(query, "127.0.0.1", port=server.port, timeout=1.0)
+            except dns.exception.Timeout:
+                continue
+            answered += 1
+            rcode, address = expected[name]
+            got = reply.rcode()
+            ok = got == rcode and (address is None or any(address in rr.to_text() for rr in reply.answer))
+            if not ok:
+                wrong.append(f"{name}: {dns.rcode.to_text(got)} {reply.answer}")
+    finally:
+        stop.set()
+        editor.join(10)
+    elapsed = time.monotonic() - start
+    assert wrong == []
+    assert edits >= 25  # about ten a second while the queries ran
+    assert server.log().count("policy reloaded") >= 20  # and the edits were swapped in
+    assert answered >= 0.99 * sent
+    assert sent / elapsed >= 400
+    assert server.proc is not None and server.proc.poll() is None
+    assert "Traceback" not in server.log()
