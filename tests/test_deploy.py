@@ -400,3 +400,22 @@ def test_dashboard_and_rules_use_exported_metrics():
     # The instance variable is filled from a metric that exists.
     variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "instance")
     assert referenced(variable["definition"]) <= names
+
+
+def healthcheck_command(port: int) -> list[str]:
+    text = (DEPLOY / "Containerfile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("HEALTHCHECK "))
+    command = json.loads(line[line.index("CMD ") + 4 :].strip())
+    assert command[0] == "python"  # the image's venv python is first on PATH
+    return [
+        shutil.which("python3") or "python3",
+        *[c.replace("127.0.0.1:9153", f"127.0.0.1:{port}") for c in command[1:]],
+    ]
+
+
+def test_container_healthcheck_command_against_real_server(netblock, tmp_path):
+    from harness import free_port
+
+    assert run(*healthcheck_command(netblock.metrics_port)).returncode == 0
+    # Nothing listening: the check fails (and so does an unready server: /readyz 503 raises).
+    assert run(*healthcheck_command(free_port())).returncode != 0
