@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 from netblock.config import Config, load_config
+from netblock.policy.audit import AuditRecord, diff_lists, git_commit
+from netblock.policy.importers import warnings_for
 from netblock.policy.lists import FILE_KEYS, ListFile, load_list
-from netblock.policy.match import guard_violations
-from netblock.policy.reload import list_paths
+from netblock.policy.match import compile_policy, guard_violations, list_size
+from netblock.policy.reload import include_locations, list_paths
 from netblock.yamlsrc import SourceError, load_file
 
 DEFAULT_CONFIG = "config/netblock.yaml"
@@ -69,24 +71,57 @@ def lint(paths: list[str], config_path: str | None) -> tuple[list[SourceError], 
         lst, _ = load_list(path)
         if lst is not None and lst.guards:
             guard_lists.append(lst)
-    errors.extend(e for e in guard_violations(lists + guard_lists) if any(e.path == lst.path for lst in lists))
+    # Only this lint's lists (and the files they include): a sibling's own problems are its own.
+    mine = {lst.path for lst in lists} | {p for lst in lists for p in include_locations(lst)}
+    errors.extend(e for e in guard_violations(lists + guard_lists) if e.path in mine)
     return errors, lists
+
+
+def diff(old_dir: str, lists: list[ListFile]) -> list[str]:
+    """The audit record a reload from the lists in OLD_DIR to `lists` would log."""
+    old_paths = _expand([old_dir])
+    old_lists = []
+    for path in old_paths:
+        lst, errs = load_list(path)
+        for error in errs:
+            print(f"warning: old list: {error}", file=sys.stderr)
+        if lst is not None:
+            old_lists.append(lst)
+    record = AuditRecord(
+        digest_before=compile_policy(old_lists).digest if old_lists else "-",
+        digest_after=compile_policy(lists).digest if lists else "-",
+        changes=diff_lists(old_lists, lists),
+        git=git_commit(lst.path for lst in lists),
+        trigger=f"lint --diff {old_dir}",
+    )
+    return record.lines()
 
 
 def run(args: argparse.Namespace) -> int:
     errors, lists = lint(args.paths, args.config)
+    for lst in lists:
+        for warning in warnings_for(lst.path):
+            print(f"warning: {warning} (line skipped)", file=sys.stderr)
     for error in errors:
         print(error, file=sys.stderr)
     if errors:
         print(f"{len(errors)} error(s)", file=sys.stderr)
         return 1
-    entries = sum(lst.size for lst in lists)
+    if args.diff:
+        if not Path(args.diff).is_dir():
+            print(f"{args.diff}: not a folder of list files", file=sys.stderr)
+            return 2
+        for line in diff(args.diff, lists):
+            print(line)
+    entries = sum(list_size(lst) for lst in lists)
     print(f"ok: {len(lists)} list(s), {entries} entries")
     return 0
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("lint", help="validate config and blocklist files")
     parser.add_argument("paths", nargs="*", help="list files, folders or config files (default: the config)")
     parser.add_argument("-c", "--config", help=f"config file whose lists to check (default {DEFAULT_CONFIG})")
+    parser.add_argument("--diff", metavar="OLD_DIR",
+                        help="also show the entries added and removed since the lists in OLD_DIR")
     parser.set_defaults(func=run)
