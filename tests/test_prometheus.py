@@ -73,7 +73,7 @@ def test_promtool_check_shipped_scrape_config():
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, target: str) -> None:
+    def __init__(self, workdir: Path, target: str, job_extra: str = "") -> None:
         self.dir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -84,7 +84,7 @@ class Prometheus:
 rule_files: [netblock-rules.yml]
 scrape_configs:
   - job_name: netblock
-    static_configs:
+{job_extra}    static_configs:
       - targets: ["{target}"]
 """)
 
@@ -270,3 +270,40 @@ def test_dashboard_queries_run_in_real_prometheus(stack):
     for var, value in substitutions.items():
         vendor = vendor.replace(var, value)
     assert wait_for(lambda: prom.api("query", query=vendor)["result"], 20, 0.5)
+
+
+def test_prometheus_scrapes_over_tls_with_basic_auth(tmp_path, upstream):
+    """The web-config file speaks the same dialect as Prometheus' own client side."""
+    import bcrypt
+
+    from test_metrics import self_signed
+
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "password").write_text("scrape-secret\n")
+    hashed = bcrypt.hashpw(b"scrape-secret", bcrypt.gensalt(rounds=6)).decode()
+    web = tmp_path / "web-config.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    lists = [BLOCKLISTS / "*.yaml", FOUNDATION_LISTS / "*.yaml"]
+    with Netblock(
+        tmp_path / "nb", [upstream.address], lists=lists, config={"metrics": {"web_config": str(web)}}
+    ) as server:
+        (tmp_path / "prom").mkdir()
+        job = (
+            f"    scheme: https\n    tls_config:\n      ca_file: {cert}\n"
+            f"    basic_auth:\n      username: prometheus\n      password_file: {tmp_path / 'password'}\n"
+        )
+        prom = Prometheus(tmp_path / "prom", f"127.0.0.1:{server.metrics_port}", job).start()
+        try:
+            assert server.query("weixin.qq.com").rcode() == 3
+            assert wait_for(
+                lambda: prom.vector('netblock_blocked_total{list="wechat"}', "list") == {"wechat": 1.0},
+                20,
+                0.25,
+            ), prom.api("targets")
+            target = prom.api("targets")["activeTargets"][0]
+            assert target["health"] == "up" and target["scrapeUrl"].startswith("https://")
+        finally:
+            prom.stop()
