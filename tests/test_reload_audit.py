@@ -66,9 +66,10 @@ def test_audit_lists_exactly_the_entries_added_and_removed(setup, caplog: pytest
     assert len(record.changes) == 1
     change = record.changes[0]
     assert change.name == "base"
-    assert sorted(change.added_names) == ["domains:five.example", "domains:four.example", "exact:feed100.example",
-                                          "networks:198.51.100.0/24"]
-    assert sorted(change.removed_names) == ["domains:two.example", "exact:feed0.example", "exact:feed1.example"]
+    assert sorted(change.added_names) == [
+        "domains:five.example", "domains:four.example", "exact:feed100.example", "networks:198.51.100.0/24"]
+    assert sorted(change.removed_names) == [
+        "domains:two.example", "exact:feed0.example", "exact:feed1.example"]
     assert (change.added, change.removed) == (4, 3)
     logged = caplog.text
     assert f"policy digest {before.digest} -> {record.digest_after}" in logged
