@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "inspect"))
 import nbi_topo as topo  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+METRICS_PORT = 19153  # inside the router namespace: nothing else listens there
 
 pytestmark = [
     pytest.mark.root,
@@ -60,7 +61,8 @@ class Running:
             f"policy: {{lists: [{REPO}/blocklists/*.yaml], watch: false}}\n"
             f"events: {{jsonl: {self.events}, sqlite: '', flush_interval: 0.1}}\n"
             "devices: {neighbours: false}\n"
-            f"inspector: {{resolvers: [10.200.2.53], doh_list: {REPO}/blocklists/doh-resolvers.yaml}}\n"
+            f"inspector: {{resolvers: [10.200.2.53], doh_list: {REPO}/blocklists/doh-resolvers.yaml,"
+            f" metrics_listen: '127.0.0.1:{METRICS_PORT}'}}\n"
         )
         ready = work / "ready"
         self.t = t
@@ -78,6 +80,16 @@ class Running:
         out, _ = self.proc.communicate(timeout=20)
         assert self.proc.returncode == 0, (self.work / "inspector.log").read_text()
         return json.loads(out.decode().strip().splitlines()[-1])["summary"]  # type: ignore[no-any-return]
+
+    def metrics(self) -> dict[tuple[str, str], float]:
+        text = self.t.ns(self.t.rtr, "curl", "-s", f"http://127.0.0.1:{METRICS_PORT}/metrics").stdout
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("netblock_inspector_detections_total{"):
+                labels, value = line.rsplit(" ", 1)
+                parts = dict(p.split("=", 1) for p in labels[labels.index("{") + 1 : -1].split(","))
+                out[(parts["kind"].strip('"'), parts["list"].strip('"'))] = float(value)
+        return out
 
     def documents(self) -> list[dict]:  # type: ignore[type-arg]
         if not self.events.exists():
@@ -114,6 +126,7 @@ def test_enforcement_end_to_end(net: topo.Topology, mode: str, tmp_path: Path) -
         foreign_dns(net)
         dot_syn(net)
         time.sleep(0.5)  # the event writer's flush interval
+        metrics = inspector.metrics()
     finally:
         summary = inspector.stop()
     assert allowed_before == 0 and allowed_after == 0, "the allowed name on the same IP must work"
@@ -134,6 +147,10 @@ def test_enforcement_end_to_end(net: topo.Topology, mode: str, tmp_path: Path) -
     }
     assert expected <= seen, (seen, summary)
     assert not any(d["dns"]["question"]["name"] == "example.org" for d in docs)
+    # One metric per detection, by kind and list: never a client or a name as a label.
+    assert metrics[("sni", "wechat")] >= 2 and metrics[("quic", "wechat")] >= 1, metrics
+    assert metrics[("dns-bypass", "inspector")] >= 1 and metrics[("dot", "inspector")] >= 1, metrics
+    assert sum(metrics.values()) == summary["detections"]
     for doc in docs:
         assert doc["event"]["action"] == "block"
         assert doc["client"].get("mac") == mac  # the client's device, from its frames
@@ -148,12 +165,8 @@ def test_enforcement_end_to_end(net: topo.Topology, mode: str, tmp_path: Path) -
 
 
 def test_detect_only_blocks_nothing(net: topo.Topology, tmp_path: Path) -> None:
-    inspector = Running(net, "", tmp_path) if False else None  # noqa: SIM108 - see below
-    del inspector
-    # --enforce '' (no modes): events with action monitor, every connection works.
-    work = tmp_path
-    running = Running.__new__(Running)
-    Running.__init__(running, net, "", work)
+    """--enforce '' (no modes): events say monitor and every connection works."""
+    running = Running(net, "", tmp_path)
     try:
         code = net.curl("https://weixin.qq.com/", "weixin.qq.com", topo.SRV4)
         quic_code = net.quic(topo.SRV4, "weixin.qq.com", "v2")
@@ -161,6 +174,6 @@ def test_detect_only_blocks_nothing(net: topo.Topology, tmp_path: Path) -> None:
     finally:
         summary = running.stop()
     assert code == 0 and quic_code == 0
-    docs = running.documents()
-    stages = sorted((d["netblock"]["stage"], d["event"]["action"]) for d in docs)
+    stages = sorted((d["netblock"]["stage"], d["event"]["action"]) for d in running.documents())
     assert stages == [("quic", "monitor"), ("sni", "monitor")], summary
+    assert summary["kernel_drops"] == 0

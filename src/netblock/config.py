@@ -138,6 +138,7 @@ class Inspector:
     doh_list: str = "../blocklists/doh-resolvers.yaml"
     flow_timeout: float = 10.0
     max_flows: int = 20_000
+    metrics_listen: str = ""  # the inspector's own /metrics (host:port); empty: none
 
 
 @dataclass(frozen=True)

@@ -85,14 +85,15 @@ def make_recorder(config: Config, stats: Stats) -> Any:
 
 
 class Inspector:
-    def __init__(
-        self, config: Config, enforce: tuple[str, ...] = (), keep: int = 0, nft_timeout: int = 300
-    ) -> None:
+    def __init__(self, config: Config, enforce: tuple[str, ...] = (), keep: int = 0, nft_timeout: int = 300,
+                 stats: Stats | None = None, events: Any = None) -> None:
+        """`stats` and `events` may be shared with a DNS server in the same process."""
         self.config = config
         self.enforce = enforce
         self.loaded = load(config)
-        self.stats = Stats()
-        self.events = make_recorder(config, self.stats)
+        self.stats = stats if stats is not None else Stats()
+        self.events = events if events is not None else make_recorder(config, self.stats)
+        self.metrics: Any = None
         self.resetter: Any = None
         self.killer: Any = None
         self.sets: Any = None
@@ -133,7 +134,23 @@ class Inspector:
         self.sink.killer = self.killer
         self.sink.sets = self.sets
 
+    def _start_metrics(self) -> None:
+        listen = self.config.inspector.metrics_listen
+        if not listen:
+            return
+        import dataclasses
+        import types
+
+        from netblock.metrics import MetricsServer
+
+        metrics = dataclasses.replace(self.config.metrics, listen=listen, enabled=True)
+        config = dataclasses.replace(self.config, metrics=metrics)
+        self.metrics = MetricsServer(config, types.SimpleNamespace(stats=self.stats, started=self.stats.started))
+        self.metrics.start()
+
     def _stop_enforcement(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.killer is not None:
             self.killer.stop()
         if self.sets is not None:
@@ -163,6 +180,7 @@ class Inspector:
     def run_live(self, interface: str, ready: Path | None = None, duration: float = 0.0) -> dict[str, Any]:
         capture = LiveCapture(interface, build_filter(self.loaded.networks))
         self._start_enforcement(interface)
+        self._start_metrics()
         if self.events is not None:
             self.events.start()
         deadline = time.monotonic() + duration if duration else 0.0
@@ -199,6 +217,7 @@ class Inspector:
         self.sink.resetter = None  # the verdict path resets; the sink must not send twice
         if rules:
             nfqueue.install(queue)
+        self._start_metrics()
         if self.events is not None:
             self.events.start()
         deadline = time.monotonic() + duration if duration else 0.0
