@@ -177,3 +177,54 @@ def test_detect_only_blocks_nothing(net: topo.Topology, tmp_path: Path) -> None:
     stages = sorted((d["netblock"]["stage"], d["event"]["action"]) for d in running.documents())
     assert stages == [("quic", "monitor"), ("sni", "monitor")], summary
     assert summary["kernel_drops"] == 0
+
+
+def test_live_capture_keeps_up_with_20k_hellos_per_second(net: topo.Topology, tmp_path: Path) -> None:
+    rate, seconds, blocked_every = 20_000, 1.5, 100
+    running = Running(net, "", tmp_path)
+    try:
+        router_mac = json.loads(net.ns(net.rtr, "ip", "-j", "link", "show", net.rtr_cif).stdout)[0]["address"]
+        done = net.ns(net.cli, topo.PY, str(Path(topo.HERE) / "nbi_flood.py"), "c0", router_mac, str(rate),
+                      str(seconds), str(blocked_every), timeout=60)
+        sent, elapsed = done.stdout.split()
+        time.sleep(1.0)
+    finally:
+        summary = running.stop()
+    offered = int(sent) / float(elapsed)
+    print(f"live: offered {offered:,.0f} hellos/s, inspected {summary['packets']}, kernel drops "
+          f"{summary['kernel_drops']}")
+    assert offered >= rate * 0.9
+    assert summary["kernel_drops"] == 0
+    assert summary["packets"] >= int(sent)
+    assert summary["by_stage"].get("sni", 0) == int(sent) // blocked_every
+
+
+def test_print_nft_rules_load_and_block_foreign_dns(net: topo.Topology, tmp_path: Path) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "ranges.yaml").write_text("name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n")
+    config = tmp_path / "netblock.yaml"
+    config.write_text(f"policy: {{lists: ['{lists}/*.yaml', '{REPO}/blocklists/doh-resolvers.yaml'], watch: false}}\n"
+                      f"inspector: {{resolvers: [10.200.2.53, 'fd00:200:2::53'], "
+                      f"doh_list: {REPO}/blocklists/doh-resolvers.yaml}}\n")
+    done = subprocess.run([topo.PY, "-m", "netblock.inspect.cli", "inspect", "-c", str(config), "--print-nft"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    rules = done.stdout
+    assert "192.0.2.0/24" in rules and "8.8.8.8" in rules and "10.200.2.53" in rules
+    path = tmp_path / "static.nft"
+    path.write_text(rules)
+    net.ns(net.rtr, "nft", "-f", str(path))
+    try:
+        # Foreign DNS over TCP is now refused at the router; the server itself is reachable.
+        probe = ("import socket,sys\ns=socket.socket()\ns.settimeout(2)\n"
+                 "try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print('open')\n"
+                 "except ConnectionRefusedError:\n    print('refused')\nexcept OSError as e:\n    print('error', e)\n")
+        # ICMP admin-prohibited from the router (EHOSTUNREACH), not the server's reset.
+        assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "53", check=False).stdout.startswith("error")
+        assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "853", check=False).stdout.strip() == "refused"
+        assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "443", check=False).stdout.strip() == "open"
+        counters = net.ns(net.rtr, "nft", "list", "table", "inet", "netblock_static").stdout
+        assert "packets 0" not in counters.split("th dport 53")[1].splitlines()[0]
+    finally:
+        net.ns(net.rtr, "nft", "delete", "table", "inet", "netblock_static", check=False)
