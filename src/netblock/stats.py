@@ -32,6 +32,11 @@ class Histogram:
         self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.sum += seconds
 
+    def observe_fast(self) -> None:
+        """An answer replayed from memory: it takes microseconds, so it is counted in the
+        lowest bucket without reading the clock twice."""
+        self.counts[0] += 1
+
 
 @dataclass
 class UpstreamStats:
@@ -46,7 +51,7 @@ class UpstreamStats:
 @dataclass
 class Stats:
     started: float = field(default_factory=time.time)
-    queries: dict[str, int] = field(default_factory=dict)  # protocol -> count
+    queries: dict[str, int] = field(default_factory=lambda: {"udp": 0, "tcp": 0})  # protocol -> count
     responses: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, rcode name) -> count
     blocked: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (list, stage, action) -> count
     refused: dict[str, int] = field(default_factory=dict)  # reason -> count (acl, ratelimit, ...)

@@ -51,6 +51,8 @@ class DnsServer:
         self.inspect_answers = config.policy.inspect_answers
         self.trusted_relays = tuple(ipaddress.ip_network(n, strict=False) for n in config.devices.trusted_relays)
         self.inflight: dict[CacheKey, asyncio.Future[Entry | None]] = {}
+        self.packets: dict[bytes, Packet] = {}  # query bytes after the ID -> remembered answer
+        self.packets_max = max(config.cache.size, 1)
         self.tcp_connections = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.transports: list[Any] = []
@@ -62,9 +64,20 @@ class DnsServer:
     def handle(self, data: bytes, client: str, proto: str) -> bytes | wire.Query | None:
         """Answer now (bytes), forward (the parsed Query: see resolve()), or drop (None)."""
         stats = self.stats
-        stats.queries[proto] = stats.queries.get(proto, 0) + 1
+        stats.queries[proto] += 1
+        # 1. admit: before any work on the packet
+        refusal = self.admission.check(client)
+        if refusal:
+            return self._refuse(data, refusal)
+        # 2. the same bytes after the ID as a recent UDP query: the same answer, replayed
+        if proto == "udp":
+            packet = self.packets.get(data[2:])
+            if packet is not None:
+                reply = self._replay(packet, data, client)
+                if reply is not None:
+                    return reply
         started = time.perf_counter()
-        # 1. parse
+        # 3. parse
         query = wire.parse_query(data)
         if query.__class__ is not wire.Query:
             if query == wire.DROP:
@@ -72,39 +85,82 @@ class DnsServer:
                 return None
             return self._done(wire.error_echo(data, query), "error", query, started)  # type: ignore[arg-type]
         assert isinstance(query, wire.Query)
-        # 2. admit
-        refusal = self.admission.check(client)
-        if refusal:
-            stats.refused[refusal] = stats.refused.get(refusal, 0) + 1
-            if self.admission.drops(refusal):
-                return None
-            return self._done(wire.simple_answer(query, wire.REFUSED, self.udp_payload), "refused",
-                              wire.REFUSED, started)
         if query.edns_version:
             return self._done(wire.simple_answer(query, wire.BADVERS, self.udp_payload), "error",
                               wire.BADVERS, started)
         if query.qclass != wire.CLASS_IN or query.qtype in (wire.AXFR, wire.IXFR):
             return self._done(wire.simple_answer(query, wire.REFUSED, self.udp_payload), "refused",
                               wire.REFUSED, started)
-        # 3. decide
+        # 4. decide
         rule = self.policy.match_wire(query.qname)
         if rule is not None and rule.action != "allow":
             self._record(query, client, rule, "query", proto)
-            # 4. answer a blocked name
+            # 5. answer a blocked name
             if rule.action == "block":
-                return self._done(self._fit(query, wire.blocked_answer(query, rule, self.udp_payload), proto),
-                                  "blocked", None, started)
-        # 5. cache
+                answer = self._fit(query, wire.blocked_answer(query, rule, self.udp_payload), proto)
+                if proto == "udp":
+                    self._remember(data, query, answer, None, rule, "query", "blocked")
+                return self._done(answer, "blocked", None, started)
+        else:
+            rule = None
+        # 6. cache
         key = (query.qname, query.qtype, query.qclass, query.do)
         entry = self.cache.get(key, time.monotonic())
         if entry is not None:
             if entry.rule is not None:
                 self._record(query, client, entry.rule, entry.stage, proto)
                 answer = wire.blocked_answer(query, entry.rule, self.udp_payload, name_matched=False)
-                return self._done(self._fit(query, answer, proto), "blocked", None, started)
-            return self._done(self._fit(query, self._from_entry(query, entry), proto), "cache", None, started)
-        # 6.-8. forward, inspect, store and reply: resolve()
+                answer = self._fit(query, answer, proto)
+                if proto == "udp":
+                    self._remember(data, query, answer, entry, entry.rule, entry.stage, "blocked")
+                return self._done(answer, "blocked", None, started)
+            answer = self._fit(query, self._from_entry(query, entry), proto)
+            if proto == "udp":
+                self._remember(data, query, answer, entry, rule, "query", "cache")
+            return self._done(answer, "cache", None, started)
+        # 7.-9. forward, inspect, store and reply: resolve()
         return query
+
+    def _refuse(self, data: bytes, reason: str) -> bytes | None:
+        stats = self.stats
+        stats.refused[reason] = stats.refused.get(reason, 0) + 1
+        if self.admission.drops(reason):
+            return None
+        query = wire.parse_query(data)
+        if not isinstance(query, wire.Query):
+            return None  # a malformed packet from a client we do not serve: no answer at all
+        return self._done(wire.simple_answer(query, wire.REFUSED, self.udp_payload), "refused", wire.REFUSED,
+                          time.perf_counter())
+
+    def _remember(self, data: bytes, query: wire.Query, answer: bytes, entry: Entry | None, rule: Rule | None,
+                  stage: str, source: str) -> None:
+        packets = self.packets
+        if len(packets) >= self.packets_max:
+            packets.clear()
+        age = int(time.monotonic() - entry.stored) if entry is not None else 0
+        packets[data[2:]] = Packet(query, answer[2:], entry, rule, stage, (source, RCODE_NAMES.get(
+            answer[3] & 0x0F, str(answer[3] & 0x0F))), age)
+
+    def _replay(self, packet: Packet, data: bytes, client: str) -> bytes | None:
+        """The remembered answer with this query's ID; None when its cache entry expired."""
+        entry = packet.entry
+        if entry is not None:
+            now = time.monotonic()
+            if entry.expires <= now:
+                del self.packets[data[2:]]
+                return None
+            self.stats.cache_hits += 1
+            age = int(now - entry.stored)
+            if age != packet.age and packet.label[0] == "cache":  # TTLs decay once a second
+                query = packet.query
+                packet.tail = self._fit(query, self._from_entry(query, entry), "udp")[2:]
+                packet.age = age
+        if packet.rule is not None:
+            self._record(packet.query, client, packet.rule, packet.stage, "udp")
+        stats = self.stats
+        stats.responses[packet.label] = stats.responses.get(packet.label, 0) + 1
+        stats.request_duration.observe_fast()
+        return data[:2] + packet.tail
 
     async def resolve(self, query: wire.Query, client: str, proto: str) -> bytes:
         """Forward a cache miss (coalescing identical questions), inspect, store, reply."""
@@ -271,7 +327,8 @@ class DnsServer:
 
     def _install(self, policy: Policy) -> None:
         self.policy = policy
-        self.cache.clear()  # answers were inspected under the old policy
+        self.cache.clear()  # answers were decided and inspected under the old policy
+        self.packets.clear()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -374,6 +431,22 @@ class DnsServer:
         answer = await self.resolve(query, client, "tcp")
         if not writer.is_closing():
             writer.write(_H.pack(len(answer)) + answer)
+
+
+class Packet:
+    """A remembered UDP answer: the reply after its ID, and what it came from."""
+
+    __slots__ = ("age", "entry", "label", "query", "rule", "stage", "tail")
+
+    def __init__(self, query: wire.Query, tail: bytes, entry: Entry | None, rule: Rule | None, stage: str,
+                 label: tuple[str, str], age: int) -> None:
+        self.query = query  # the first query with these bytes: name, type and MAC for events
+        self.tail = tail
+        self.entry = entry  # the cache entry behind it, whose expiry and TTLs it follows
+        self.rule = rule  # a blocking or monitoring rule: every replay is an event
+        self.stage = stage
+        self.label = label
+        self.age = age
 
 
 class UdpListener(asyncio.DatagramProtocol):
