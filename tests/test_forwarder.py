@@ -213,3 +213,31 @@ def test_tcp_several_queries_on_one_connection(netblock: Netblock) -> None:
         assert response.question[0].name.to_text() == name + "."
         blocked = name in ("weixin.qq.com", "kaspersky.com")
         assert response.rcode() == (dns.rcode.NXDOMAIN if blocked else dns.rcode.NOERROR)
+
+
+def _metric(netblock: Netblock, name: str, labels: str) -> float:
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{netblock.metrics_port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+        if match and all(part in match.group(1) for part in labels.split(",")):
+            total += float(match.group(2))
+    return total
+
+
+@pytest.mark.parametrize(("name", "labels"), [
+    ("repeat.weixin.qq.com", 'list="wechat",stage="query",action="block"'),
+    ("cloak.example.test", 'list="wechat",stage="cname",action="block"'),
+    ("mail.example.test", 'list="testmonitor",stage="query",action="monitor"'),
+])
+def test_every_repeated_attempt_is_counted(netblock: Netblock, name: str, labels: str) -> None:
+    """Identical queries are answered from remembered bytes, yet each one is an attempt."""
+    netblock.query(name, "A")  # may go upstream; the next ones are replays
+    before = _metric(netblock, "netblock_blocked_total", labels)
+    message = dns.message.make_query(name, "A", use_edns=0)
+    for _ in range(25):
+        dns.query.udp(message, "127.0.0.1", port=netblock.port, timeout=3)
+    assert _metric(netblock, "netblock_blocked_total", labels) - before == 25
