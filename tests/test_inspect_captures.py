@@ -12,13 +12,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "inspect"))
 
-import nbi_topo as topo  # noqa: E402
+import nbi_topo as topo
 
-from netblock.config import load_config  # noqa: E402
-from netblock.inspect import quic  # noqa: E402
-from netblock.inspect.capture import read_file  # noqa: E402
-from netblock.inspect.packet import decode  # noqa: E402
-from netblock.inspect.runner import Inspector  # noqa: E402
+from netblock.config import load_config
+from netblock.inspect import quic
+from netblock.inspect.capture import read_file
+from netblock.inspect.packet import decode
+from netblock.inspect.runner import Inspector
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,8 +33,12 @@ SCENARIOS = {
     "tls12_v4": lambda t: t.s_client(topo.SRV4, "-tls1_2", "-servername", "weixin.qq.com").returncode,
     "tls12_v6": lambda t: t.s_client(topo.SRV6, "-tls1_2", "-servername", "a.weixin.qq.com").returncode,
     "no_sni": lambda t: t.s_client(topo.SRV4, "-noservername").returncode,
-    "split_v4": lambda t: t.curl("https://weixin.qq.com/", "weixin.qq.com", topo.SRV4, "--interface", topo.SPLIT4),
-    "split_v6": lambda t: t.curl("https://weixin.qq.com/", "weixin.qq.com", topo.SRV6, "--interface", topo.SPLIT6),
+    "split_v4": lambda t: t.curl(
+        "https://weixin.qq.com/", "weixin.qq.com", topo.SRV4, "--interface", topo.SPLIT4
+    ),
+    "split_v6": lambda t: t.curl(
+        "https://weixin.qq.com/", "weixin.qq.com", topo.SRV6, "--interface", topo.SPLIT6
+    ),
     "http": lambda t: t.curl("http://dl.kaspersky.com/", "Dl.Kaspersky.com", topo.SRV4),
     "quic_v1": lambda t: t.quic(topo.SRV4, "weixin.qq.com", "v1"),
     "quic_v2": lambda t: t.quic(topo.SRV4, "weixin.qq.com", "v2"),
@@ -68,8 +72,10 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
 def config(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("cfg")
     path = tmp / "netblock.yaml"
-    path.write_text(f"policy: {{lists: [{REPO}/blocklists/*.yaml], watch: false}}\nevents: {{enabled: false}}\n"
-                    f"inspector: {{doh_list: {REPO}/blocklists/doh-resolvers.yaml}}\n")
+    path.write_text(
+        f"policy: {{lists: [{REPO}/blocklists/*.yaml], watch: false}}\nevents: {{enabled: false}}\n"
+        f"inspector: {{doh_list: {REPO}/blocklists/doh-resolvers.yaml}}\n"
+    )
     return load_config(path)
 
 
@@ -88,16 +94,20 @@ def client_payload_segments(path: Path, port: int = 443) -> int:
     return count
 
 
-@pytest.mark.parametrize(("scenario", "name", "client"), [
-    ("tls13_v4", "weixin.qq.com", topo.CLI4),
-    ("tls13_v6", "www.kaspersky.com", topo.CLI6),
-    ("tls12_v4", "weixin.qq.com", topo.CLI4),
-    ("tls12_v6", "a.weixin.qq.com", topo.CLI6),
-])
+@pytest.mark.parametrize(
+    ("scenario", "name", "client"),
+    [
+        ("tls13_v4", "weixin.qq.com", topo.CLI4),
+        ("tls13_v6", "www.kaspersky.com", topo.CLI6),
+        ("tls12_v4", "weixin.qq.com", topo.CLI4),
+        ("tls12_v6", "a.weixin.qq.com", topo.CLI6),
+    ],
+)
 def test_tls_hello(captures, config, scenario: str, name: str, client: str) -> None:  # type: ignore[no-untyped-def]
     found, _summary = inspect(config, captures[scenario])
     assert [(d.stage, d.name, d.client_ip, d.server_ip.split(":")[0] != "") for d in found] == [
-        ("sni", name, client, True)]
+        ("sni", name, client, True)
+    ]
     if scenario.startswith("tls13"):
         assert found[0].alpn == ("h2", "http/1.1")  # curl offers both
 
@@ -131,14 +141,19 @@ def test_http_host(captures, config) -> None:  # type: ignore[no-untyped-def]
     assert [(d.stage, d.name, d.server_ip) for d in found] == [("http-host", "dl.kaspersky.com", topo.SRV4)]
 
 
-@pytest.mark.parametrize(("scenario", "version", "client"), [
-    ("quic_v1", quic.V1, topo.CLI4),
-    ("quic_v2", quic.V2, topo.CLI4),
-    ("quic_two_initials", quic.V1, topo.CLI6),
-])
+@pytest.mark.parametrize(
+    ("scenario", "version", "client"),
+    [
+        ("quic_v1", quic.V1, topo.CLI4),
+        ("quic_v2", quic.V2, topo.CLI4),
+        ("quic_two_initials", quic.V1, topo.CLI6),
+    ],
+)
 def test_quic(captures, config, scenario: str, version: int, client: str) -> None:  # type: ignore[no-untyped-def]
     found, _ = inspect(config, captures[scenario])
-    assert [(d.stage, d.name, d.version, d.client_ip) for d in found] == [("quic", "weixin.qq.com", version, client)]
+    assert [(d.stage, d.name, d.version, d.client_ip) for d in found] == [
+        ("quic", "weixin.qq.com", version, client)
+    ]
     if scenario == "quic_two_initials":
         assert len(found[0].alpn) == 47  # the whole hello, from both Initials
 

@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "inspect"))
 
-import nbi_topo as topo  # noqa: E402
+import nbi_topo as topo
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS_PORT = 19153  # inside the router namespace: nothing else listens there
@@ -66,9 +66,25 @@ class Running:
         )
         ready = work / "ready"
         self.t = t
-        self.proc = t.spawn(t.rtr, topo.PY, "-m", "netblock.inspect.cli", "inspect", "-c", str(config),
-                            "--interface", t.rtr_cif, "--enforce", mode, "--nft-timeout", "30",
-                            "--ready-file", str(ready), stdout=subprocess.PIPE, log=work / "inspector.log")
+        self.proc = t.spawn(
+            t.rtr,
+            topo.PY,
+            "-m",
+            "netblock.inspect.cli",
+            "inspect",
+            "-c",
+            str(config),
+            "--interface",
+            t.rtr_cif,
+            "--enforce",
+            mode,
+            "--nft-timeout",
+            "30",
+            "--ready-file",
+            str(ready),
+            stdout=subprocess.PIPE,
+            log=work / "inspector.log",
+        )
         deadline = time.monotonic() + 20
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -98,8 +114,10 @@ class Running:
 
 
 def dot_syn(t: topo.Topology) -> None:
-    code = ("import socket\ns=socket.socket()\ns.settimeout(1)\n"
-            "try:\n    s.connect(('10.200.2.2', 853))\nexcept OSError:\n    pass\n")
+    code = (
+        "import socket\ns=socket.socket()\ns.settimeout(1)\n"
+        "try:\n    s.connect(('10.200.2.2', 853))\nexcept OSError:\n    pass\n"
+    )
     t.ns(t.cli, topo.PY, "-c", code, check=False)
 
 
@@ -157,7 +175,9 @@ def test_enforcement_end_to_end(net: topo.Topology, mode: str, tmp_path: Path) -
     if mode == "rst,nft":
         assert summary["resets_sent"] >= 8 and summary["nft_elements"] >= 1 and summary["nft_errors"] == 0
         # The dynamic table goes away with the inspector: nothing stays blocked by accident.
-        assert net.ns(net.rtr, "nft", "list", "table", "inet", "netblock_inspect", check=False).returncode != 0
+        assert (
+            net.ns(net.rtr, "nft", "list", "table", "inet", "netblock_inspect", check=False).returncode != 0
+        )
     else:
         assert summary["dropped"] >= 5 and summary["errors"] == 0
         assert "NBINSPECT" not in net.ns(net.rtr, "iptables", "-S").stdout
@@ -184,15 +204,26 @@ def test_live_capture_keeps_up_with_20k_hellos_per_second(net: topo.Topology, tm
     running = Running(net, "", tmp_path)
     try:
         router_mac = json.loads(net.ns(net.rtr, "ip", "-j", "link", "show", net.rtr_cif).stdout)[0]["address"]
-        done = net.ns(net.cli, topo.PY, str(Path(topo.HERE) / "nbi_flood.py"), "c0", router_mac, str(rate),
-                      str(seconds), str(blocked_every), timeout=60)
+        done = net.ns(
+            net.cli,
+            topo.PY,
+            str(Path(topo.HERE) / "nbi_flood.py"),
+            "c0",
+            router_mac,
+            str(rate),
+            str(seconds),
+            str(blocked_every),
+            timeout=60,
+        )
         sent, elapsed = done.stdout.split()
         time.sleep(1.0)
     finally:
         summary = running.stop()
     offered = int(sent) / float(elapsed)
-    print(f"live: offered {offered:,.0f} hellos/s, inspected {summary['packets']}, kernel drops "
-          f"{summary['kernel_drops']}")
+    print(
+        f"live: offered {offered:,.0f} hellos/s, inspected {summary['packets']}, kernel drops "
+        f"{summary['kernel_drops']}"
+    )
     assert offered >= rate * 0.9
     assert summary["kernel_drops"] == 0
     assert summary["packets"] >= int(sent)
@@ -202,13 +233,22 @@ def test_live_capture_keeps_up_with_20k_hellos_per_second(net: topo.Topology, tm
 def test_print_nft_rules_load_and_block_foreign_dns(net: topo.Topology, tmp_path: Path) -> None:
     lists = tmp_path / "lists"
     lists.mkdir()
-    (lists / "ranges.yaml").write_text("name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n")
+    (lists / "ranges.yaml").write_text(
+        "name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n"
+    )
     config = tmp_path / "netblock.yaml"
-    config.write_text(f"policy: {{lists: ['{lists}/*.yaml', '{REPO}/blocklists/doh-resolvers.yaml'], watch: false}}\n"
-                      f"inspector: {{resolvers: [10.200.2.53, 'fd00:200:2::53'], "
-                      f"doh_list: {REPO}/blocklists/doh-resolvers.yaml}}\n")
-    done = subprocess.run([topo.PY, "-m", "netblock.inspect.cli", "inspect", "-c", str(config), "--print-nft"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    config.write_text(
+        f"policy: {{lists: ['{lists}/*.yaml', '{REPO}/blocklists/doh-resolvers.yaml'], watch: false}}\n"
+        f"inspector: {{resolvers: [10.200.2.53, 'fd00:200:2::53'], "
+        f"doh_list: {REPO}/blocklists/doh-resolvers.yaml}}\n"
+    )
+    done = subprocess.run(
+        [topo.PY, "-m", "netblock.inspect.cli", "inspect", "-c", str(config), "--print-nft"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     rules = done.stdout
     assert "192.0.2.0/24" in rules and "8.8.8.8" in rules and "10.200.2.53" in rules
@@ -217,12 +257,17 @@ def test_print_nft_rules_load_and_block_foreign_dns(net: topo.Topology, tmp_path
     net.ns(net.rtr, "nft", "-f", str(path))
     try:
         # Foreign DNS over TCP is now refused at the router; the server itself is reachable.
-        probe = ("import socket,sys\ns=socket.socket()\ns.settimeout(2)\n"
-                 "try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print('open')\n"
-                 "except ConnectionRefusedError:\n    print('refused')\nexcept OSError as e:\n    print('error', e)\n")
+        probe = (
+            "import socket,sys\ns=socket.socket()\ns.settimeout(2)\n"
+            "try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print('open')\n"
+            "except ConnectionRefusedError:\n    print('refused')\n"
+            "except OSError as e:\n    print('error', e)\n"
+        )
         # ICMP admin-prohibited from the router (EHOSTUNREACH), not the server's reset.
         assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "53", check=False).stdout.startswith("error")
-        assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "853", check=False).stdout.strip() == "refused"
+        assert (
+            net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "853", check=False).stdout.strip() == "refused"
+        )
         assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "443", check=False).stdout.strip() == "open"
         counters = net.ns(net.rtr, "nft", "list", "table", "inet", "netblock_static").stdout
         assert "packets 0" not in counters.split("th dport 53")[1].splitlines()[0]

@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "inspect"))
 
-import nbi_gen as gen  # noqa: E402
+import nbi_gen as gen
 
-from netblock.config import load_config  # noqa: E402
-from netblock.inspect import dnsmsg, http, packet, quic, tls  # noqa: E402
-from netblock.inspect.detect import Detection, Engine  # noqa: E402
-from netblock.inspect.flows import Stream, Table  # noqa: E402
-from netblock.inspect.runner import Inspector, load  # noqa: E402
+from netblock.config import load_config
+from netblock.inspect import dnsmsg, http, packet, quic, tls
+from netblock.inspect.detect import Detection, Engine
+from netblock.inspect.flows import Stream, Table
+from netblock.inspect.runner import Inspector, load
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENT, SERVER = gen.ip4("10.9.0.2"), gen.ip4("198.51.100.7")
@@ -35,11 +35,10 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 def write_config(tmp: Path, enforce: bool = False) -> Path:
     path = tmp / "netblock.yaml"
     path.write_text(
-        "policy: {lists: [%s/blocklists/*.yaml], watch: false}\n"
-        "events: {jsonl: %s/events.jsonl, sqlite: ''}\n"
+        f"policy: {{lists: [{REPO}/blocklists/*.yaml], watch: false}}\n"
+        f"events: {{jsonl: {tmp}/events.jsonl, sqlite: ''}}\n"
         "devices: {neighbours: false}\n"
-        "inspector: {resolvers: [%s], doh_list: %s/blocklists/doh-resolvers.yaml}\n"
-        % (REPO, tmp, RESOLVER, REPO)
+        f"inspector: {{resolvers: [{RESOLVER}], doh_list: {REPO}/blocklists/doh-resolvers.yaml}}\n"
     )
     return path
 
@@ -57,9 +56,15 @@ def engine_for(config, enforcing: bool = False) -> tuple[Engine, list[Detection]
     if loaded is None:
         loaded = _LOADED[config.path] = load(config)
     found: list[Detection] = []
-    engine = Engine(loaded.policy, found.append, doh=loaded.doh,  # type: ignore[attr-defined]
-                    doh_list_name=loaded.doh_name, resolvers=loaded.resolvers,  # type: ignore[attr-defined]
-                    enforcing=enforcing, max_flows=1000)
+    engine = Engine(
+        loaded.policy,
+        found.append,
+        doh=loaded.doh,  # type: ignore[attr-defined]
+        doh_list_name=loaded.doh_name,
+        resolvers=loaded.resolvers,  # type: ignore[attr-defined]
+        enforcing=enforcing,
+        max_flows=1000,
+    )
     return engine, found
 
 
@@ -71,6 +76,7 @@ def feed(engine: Engine, *ips: bytes) -> None:
 
 
 # -- QUIC: RFC 9001 Appendix A ---------------------------------------------------------
+
 
 def test_rfc9001_initial_keys() -> None:
     keys = quic.client_initial_keys(gen.RFC9001_DCID, quic.V1)
@@ -123,6 +129,7 @@ def test_quic_v2_uses_its_own_salt_and_type_bits() -> None:
 
 # -- TLS -------------------------------------------------------------------------------
 
+
 def test_tls_versions_and_alpn_from_openssl() -> None:
     status, hello = tls.parse_stream(gen.client_hello("weixin.qq.com"))
     assert status == tls.OK and hello is not None
@@ -158,7 +165,15 @@ def test_tls_record_fragmentation(size: int) -> None:
 
 def _synthetic_hello(extensions: list[tuple[int, bytes]]) -> bytes:
     exts = b"".join(t.to_bytes(2, "big") + len(d).to_bytes(2, "big") + d for t, d in extensions)
-    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + len(exts).to_bytes(2, "big") + exts
+    body = (
+        b"\x03\x03"
+        + bytes(32)
+        + b"\x00"
+        + b"\x00\x02\x13\x01"
+        + b"\x01\x00"
+        + len(exts).to_bytes(2, "big")
+        + exts
+    )
     handshake = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
 
@@ -169,7 +184,9 @@ def _sni_ext(name: str) -> tuple[int, bytes]:
 
 
 def test_tls_ech_and_esni_flags() -> None:
-    status, hello = tls.parse_stream(_synthetic_hello([_sni_ext("cloudflare-ech.com"), (0xFE0D, b"\x00\x00\x01")]))
+    status, hello = tls.parse_stream(
+        _synthetic_hello([_sni_ext("cloudflare-ech.com"), (0xFE0D, b"\x00\x00\x01")])
+    )
     assert status == tls.OK and hello is not None and hello.ech == 0 and hello.sni == "cloudflare-ech.com"
     status, hello = tls.parse_stream(_synthetic_hello([(0xFFCE, b"\x00"), (0x0A0A, b"")]))
     assert status == tls.OK and hello is not None and hello.esni and hello.ech is None and hello.sni is None
@@ -184,12 +201,16 @@ def test_not_tls_and_malformed() -> None:
 
 # -- HTTP, DNS ------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("request_head", "host"), [
-    (b"GET / HTTP/1.1\r\nHost: Dl.Kaspersky.com:80\r\nAccept: */*\r\n\r\n", "dl.kaspersky.com"),
-    (b"CONNECT weixin.qq.com:443 HTTP/1.1\r\nHost: weixin.qq.com:443\r\n\r\n", "weixin.qq.com"),
-    (b"GET http://user@Wx.QQ.com:8080/a?b HTTP/1.1\r\nHost: proxy\r\n\r\n", "wx.qq.com"),
-    (b"POST /x HTTP/1.1\r\nhost:[2001:db8::1]:80\r\n\r\n", "2001:db8::1"),
-])
+
+@pytest.mark.parametrize(
+    ("request_head", "host"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: Dl.Kaspersky.com:80\r\nAccept: */*\r\n\r\n", "dl.kaspersky.com"),
+        (b"CONNECT weixin.qq.com:443 HTTP/1.1\r\nHost: weixin.qq.com:443\r\n\r\n", "weixin.qq.com"),
+        (b"GET http://user@Wx.QQ.com:8080/a?b HTTP/1.1\r\nHost: proxy\r\n\r\n", "wx.qq.com"),
+        (b"POST /x HTTP/1.1\r\nhost:[2001:db8::1]:80\r\n\r\n", "2001:db8::1"),
+    ],
+)
 def test_http_hosts(request_head: bytes, host: str) -> None:
     assert http.parse_request(request_head)[:2] == (http.OK, host)
 
@@ -211,6 +232,7 @@ def test_dns_query_name() -> None:
 
 
 # -- flows ----------------------------------------------------------------------------
+
 
 def test_stream_reorders_and_tolerates_duplicates() -> None:
     stream = Stream(1000)
@@ -237,6 +259,7 @@ def test_table_is_bounded_and_expires() -> None:
 
 # -- detection on frames --------------------------------------------------------------
 
+
 def test_split_hello_out_of_order_is_caught(config) -> None:  # type: ignore[no-untyped-def]
     engine, found = engine_for(config)
     hello = gen.client_hello("a.weixin.qq.com")
@@ -252,7 +275,9 @@ def test_split_hello_out_of_order_is_caught(config) -> None:  # type: ignore[no-
 
 def test_label_boundaries_and_allow_carve_out(config) -> None:  # type: ignore[no-untyped-def]
     engine, found = engine_for(config, enforcing=True)
-    for port, name in enumerate(["notweixin.qq.com", "work.weixin.qq.com", "x.weixin.qq.com", "www.example.org"]):
+    for port, name in enumerate(
+        ["notweixin.qq.com", "work.weixin.qq.com", "x.weixin.qq.com", "www.example.org"]
+    ):
         feed(engine, gen.tcp(CLIENT, SERVER, 41000 + port, 443, 1, 1, 0x18, gen.client_hello(name)))
     assert [(d.name, d.rule.action) for d in found] == [("x.weixin.qq.com", "block")]
 
@@ -265,7 +290,10 @@ def test_ipv6_vlan_http_and_quic(config) -> None:  # type: ignore[no-untyped-def
     pkt = packet.decode(tagged, packet.LINK_ETHERNET, 1.0)
     assert pkt is not None
     engine.handle(pkt)
-    feed(engine, gen.tcp(CLIENT, SERVER, 42001, 80, 1, 1, 0x18, b"GET / HTTP/1.1\r\nHost: dl.kaspersky.com\r\n\r\n"))
+    feed(
+        engine,
+        gen.tcp(CLIENT, SERVER, 42001, 80, 1, 1, 0x18, b"GET / HTTP/1.1\r\nHost: dl.kaspersky.com\r\n\r\n"),
+    )
     for datagram in gen.quic_initials("weixin.qq.com", "v2", big=True):
         feed(engine, gen.udp(CLIENT, SERVER, 42002, 443, datagram))
     assert [(d.stage, d.name, d.client_ip) for d in found] == [
@@ -282,8 +310,16 @@ def test_foreign_dns_dot_doq_and_doh(config) -> None:  # type: ignore[no-untyped
         engine,
         gen.udp(CLIENT, gen.ip4(RESOLVER), 43000, 53, gen.dns_query("ok.example.org")),  # netblock itself
         gen.udp(CLIENT, gen.ip4("203.0.113.9"), 43001, 53, gen.dns_query("weixin.qq.com")),
-        gen.tcp(CLIENT, gen.ip4("203.0.113.9"), 43002, 53, 1, 1, 0x18,
-                len(gen.dns_query("x.org")).to_bytes(2, "big") + gen.dns_query("x.org")),
+        gen.tcp(
+            CLIENT,
+            gen.ip4("203.0.113.9"),
+            43002,
+            53,
+            1,
+            1,
+            0x18,
+            len(gen.dns_query("x.org")).to_bytes(2, "big") + gen.dns_query("x.org"),
+        ),
         gen.tcp(CLIENT, gen.ip4("203.0.113.9"), 43003, 853, 77, 0, 0x02),  # DoT SYN
         gen.tcp(CLIENT, gen.ip4("203.0.113.9"), 43003, 853, 77, 0, 0x02),  # its retransmission
         gen.udp(CLIENT, gen.ip4("203.0.113.9"), 43004, 853, b"\xc0" + bytes(40)),  # DoQ
@@ -305,23 +341,40 @@ def test_foreign_dns_dot_doq_and_doh(config) -> None:  # type: ignore[no-untyped
 def test_blocked_network_syn(tmp_path: Path) -> None:
     lists = tmp_path / "lists"
     lists.mkdir()
-    (lists / "ranges.yaml").write_text("name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n")
+    (lists / "ranges.yaml").write_text(
+        "name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n"
+    )
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"policy: {{lists: [{lists}/*.yaml], watch: false}}\ninspector: {{doh_list: ''}}\n")
     engine, found = engine_for(load_config(cfg), enforcing=True)
-    feed(engine, gen.tcp(CLIENT, gen.ip4("192.0.2.55"), 44000, 8080, 1, 0, 0x02),
-         gen.udp(CLIENT6, gen.ip4("2001:db8:77::1"), 44001, 5000, b"x"),
-         gen.tcp(CLIENT, gen.ip4("192.0.3.1"), 44002, 8080, 1, 0, 0x02))
+    feed(
+        engine,
+        gen.tcp(CLIENT, gen.ip4("192.0.2.55"), 44000, 8080, 1, 0, 0x02),
+        gen.udp(CLIENT6, gen.ip4("2001:db8:77::1"), 44001, 5000, b"x"),
+        gen.tcp(CLIENT, gen.ip4("192.0.3.1"), 44002, 8080, 1, 0, 0x02),
+    )
     assert [(d.stage, d.name, d.rule.pattern) for d in found] == [
-        ("ip", "192.0.2.55", "192.0.2.0/24"), ("ip", "2001:db8:77::1", "2001:db8:77::/48")]
+        ("ip", "192.0.2.55", "192.0.2.0/24"),
+        ("ip", "2001:db8:77::1", "2001:db8:77::/48"),
+    ]
 
 
 def test_ech_and_missing_sni_are_noted(config) -> None:  # type: ignore[no-untyped-def]
     engine, found = engine_for(config)
-    feed(engine,
-         gen.tcp(CLIENT, SERVER, 45000, 443, 1, 1, 0x18, gen.client_hello(None)),
-         gen.tcp(CLIENT, SERVER, 45001, 443, 1, 1, 0x18,
-                 _synthetic_hello([_sni_ext("cloudflare-ech.com"), (0xFE0D, b"\x00")])))
+    feed(
+        engine,
+        gen.tcp(CLIENT, SERVER, 45000, 443, 1, 1, 0x18, gen.client_hello(None)),
+        gen.tcp(
+            CLIENT,
+            SERVER,
+            45001,
+            443,
+            1,
+            1,
+            0x18,
+            _synthetic_hello([_sni_ext("cloudflare-ech.com"), (0xFE0D, b"\x00")]),
+        ),
+    )
     assert found == [] and engine.notes["no-sni"] == 1 and engine.notes["ech"] == 1
 
 
@@ -367,15 +420,23 @@ def test_fuzz_http_dns_frames(raw: bytes) -> None:
     http.parse_request(b"GET " + raw)
     dnsmsg.query_name(raw)
     dnsmsg.query_name(raw, tcp=True)
-    for linktype in (packet.LINK_ETHERNET, packet.LINK_RAW, packet.LINK_SLL, packet.LINK_SLL2, packet.LINK_NFLOG,
-                     packet.LINK_NULL):
+    for linktype in (
+        packet.LINK_ETHERNET,
+        packet.LINK_RAW,
+        packet.LINK_SLL,
+        packet.LINK_SLL2,
+        packet.LINK_NFLOG,
+        packet.LINK_NULL,
+    ):
         packet.decode(raw, linktype)
 
 
-_FRAMES = [gen.ether(gen.tcp(CLIENT, SERVER, 46000, 443, 1, 1, 0x18, _HELLO)),
-           gen.ether(gen.udp(CLIENT, SERVER, 46001, 443, _QUIC)),
-           gen.ether(gen.udp(CLIENT, SERVER, 46002, 53, gen.dns_query("a.example"))),
-           gen.ether(gen.tcp(CLIENT6, SERVER6, 46003, 80, 1, 1, 0x18, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))]
+_FRAMES = [
+    gen.ether(gen.tcp(CLIENT, SERVER, 46000, 443, 1, 1, 0x18, _HELLO)),
+    gen.ether(gen.udp(CLIENT, SERVER, 46001, 443, _QUIC)),
+    gen.ether(gen.udp(CLIENT, SERVER, 46002, 53, gen.dns_query("a.example"))),
+    gen.ether(gen.tcp(CLIENT6, SERVER6, 46003, 80, 1, 1, 0x18, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")),
+]
 
 
 @FUZZ
@@ -390,6 +451,7 @@ def test_fuzz_engine_frames(config, data: st.DataObject) -> None:  # type: ignor
 
 
 # -- offline throughput, CLI ----------------------------------------------------------
+
 
 def test_offline_mixed_capture_rate(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     frames = gen.mixed_frames(60_000)
@@ -411,9 +473,23 @@ def test_cli_pcap_json_and_events(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     frames = [gen.ether(gen.tcp(CLIENT, SERVER, 47000, 443, 1, 1, 0x18, gen.client_hello("weixin.qq.com")))]
     gen.write_pcap(tmp_path / "one.pcap", frames)
-    done = subprocess.run([sys.executable, "-m", "netblock.inspect.cli", "inspect", "-c", str(cfg), "--pcap",
-                           str(tmp_path / "one.pcap"), "--json"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netblock.inspect.cli",
+            "inspect",
+            "-c",
+            str(cfg),
+            "--pcap",
+            str(tmp_path / "one.pcap"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines[0]["name"] == "weixin.qq.com" and lines[0]["stage"] == "sni"
@@ -427,8 +503,15 @@ def test_cli_bad_doh_list_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "doh.yaml"
     bad.write_text("name: doh\ndomains:\n  - 'not a name!'\n")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"policy: {{lists: [{REPO}/blocklists/*.yaml], watch: false}}\ninspector: {{doh_list: {bad}}}\n")
-    done = subprocess.run([sys.executable, "-m", "netblock.inspect.cli", "inspect", "-c", str(cfg), "--pcap",
-                           "/dev/null"], capture_output=True, text=True, timeout=60, check=False)
+    cfg.write_text(
+        f"policy: {{lists: [{REPO}/blocklists/*.yaml], watch: false}}\ninspector: {{doh_list: {bad}}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "netblock.inspect.cli", "inspect", "-c", str(cfg), "--pcap", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert f"{bad}:3" in done.stderr

@@ -12,12 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import nbi_gen as gen  # noqa: E402
+import nbi_gen as gen
 
 
 def main() -> int:
-    iface, dst_mac, rate, seconds, blocked_every = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), \
-        int(sys.argv[5])
+    iface, dst_mac, rate, seconds, blocked_every = (
+        sys.argv[1],
+        sys.argv[2],
+        int(sys.argv[3]),
+        float(sys.argv[4]),
+        int(sys.argv[5]),
+    )
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((iface, 0))
     src_mac = sock.getsockname()[4][:6]

@@ -17,7 +17,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+PY = (
+    str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+)
 
 CLI4, RTR4_C, RTR4_S, SRV4 = "10.200.1.2", "10.200.1.1", "10.200.2.1", "10.200.2.2"
 CLI6, RTR6_C, RTR6_S, SRV6 = "fd00:200:1::2", "fd00:200:1::1", "fd00:200:2::1", "fd00:200:2::2"
@@ -50,8 +52,36 @@ class Topology:
         for ns in (self.cli, self.rtr, self.srv):
             sh("ip", "netns", "add", ns)
             self.ns(ns, "ip", "link", "set", "lo", "up")
-        sh("ip", "link", "add", "c0", "netns", self.cli, "type", "veth", "peer", "name", "rc0", "netns", self.rtr)
-        sh("ip", "link", "add", "rs0", "netns", self.rtr, "type", "veth", "peer", "name", "s0", "netns", self.srv)
+        sh(
+            "ip",
+            "link",
+            "add",
+            "c0",
+            "netns",
+            self.cli,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "rc0",
+            "netns",
+            self.rtr,
+        )
+        sh(
+            "ip",
+            "link",
+            "add",
+            "rs0",
+            "netns",
+            self.rtr,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "s0",
+            "netns",
+            self.srv,
+        )
         self._addr(self.cli, "c0", f"{CLI4}/24", f"{CLI6}/64")
         self._addr(self.rtr, "rc0", f"{RTR4_C}/24", f"{RTR6_C}/64")
         self._addr(self.rtr, "rs0", f"{RTR4_S}/24", f"{RTR6_S}/64")
@@ -82,14 +112,26 @@ class Topology:
         self.ns(ns, "ip", "link", "set", dev, "up")
 
     # -- running things --------------------------------------------------------------
-    def ns(self, ns: str, *args: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    def ns(
+        self, ns: str, *args: str, check: bool = True, timeout: float = 20
+    ) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
 
-    def spawn(self, ns: str, *args: str, stdout: int | None = None, stderr: int | None = None,
-              log: Path | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        ns: str,
+        *args: str,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        log: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the process
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=stdout or out, stderr=stderr or out,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *args],
+            stdout=stdout or out,
+            stderr=stderr or out,
+            stdin=subprocess.DEVNULL,
+        )
         self.procs.append(proc)
         return proc
 
@@ -113,17 +155,45 @@ class Topology:
         cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
         if not cert.exists():
             san = ",".join(f"DNS:{n}" for n in NAMES)
-            sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-               "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=weixin.qq.com",
-               "-addext", f"subjectAltName={san}")
+            sh(
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=weixin.qq.com",
+                "-addext",
+                f"subjectAltName={san}",
+            )
         return cert, key
 
     def tls_servers(self) -> None:
         """openssl s_server on 443 of every server address, one process each."""
         cert, key = self.certificate()
         for address in (SRV4, f"[{SRV6}]", "10.200.2.3"):
-            self.spawn(self.srv, "openssl", "s_server", "-quiet", "-www", "-accept", f"{address}:443",
-                       "-cert", str(cert), "-key", str(key))
+            self.spawn(
+                self.srv,
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-www",
+                "-accept",
+                f"{address}:443",
+                "-cert",
+                str(cert),
+                "-key",
+                str(key),
+            )
         self.wait_port(self.srv, 443)
 
     def http_server(self) -> None:
@@ -135,8 +205,18 @@ class Topology:
 
     def quic_server(self) -> None:
         cert, key = self.certificate()
-        self.spawn(self.srv, PY, str(HERE / "quic_server.py"), "--cert", str(cert), "--key", str(key),
-                   "--port", "443", log=self.workdir / "quic_server.log")
+        self.spawn(
+            self.srv,
+            PY,
+            str(HERE / "quic_server.py"),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+            "--port",
+            "443",
+            log=self.workdir / "quic_server.log",
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if "UNCONN" in self.ns(self.srv, "ss", "-lun", "sport = :443").stdout:
@@ -156,19 +236,63 @@ class Topology:
     def curl(self, url: str, name: str, address: str, *extra: str, timeout: float = 6) -> int:
         port = "443" if url.startswith("https") else "80"
         resolve = f"{name}:{port}:{address}" if ":" not in address else f"{name}:{port}:[{address}]"
-        done = self.ns(self.cli, "curl", "-sk", "-o", "/dev/null", "--max-time", str(timeout), "--resolve", resolve,
-                       *extra, url, check=False, timeout=timeout + 5)
+        done = self.ns(
+            self.cli,
+            "curl",
+            "-sk",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            str(timeout),
+            "--resolve",
+            resolve,
+            *extra,
+            url,
+            check=False,
+            timeout=timeout + 5,
+        )
         return done.returncode
 
     def s_client(self, address: str, *extra: str, timeout: float = 6) -> subprocess.CompletedProcess[str]:
         target = f"[{address}]:443" if ":" in address else f"{address}:443"
-        return subprocess.run(["ip", "netns", "exec", self.cli, "timeout", str(timeout), "openssl", "s_client",
-                               "-connect", target, *extra], input="", capture_output=True, text=True,
-                              timeout=timeout + 5, check=False)
+        return subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.cli,
+                "timeout",
+                str(timeout),
+                "openssl",
+                "s_client",
+                "-connect",
+                target,
+                *extra,
+            ],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=timeout + 5,
+            check=False,
+        )
 
     def quic(self, address: str, name: str, version: str = "v1", *extra: str, timeout: float = 4) -> int:
-        done = self.ns(self.cli, PY, str(HERE / "quic_client.py"), "--host", address, "--name", name,
-                       "--version", version, "--timeout", str(timeout), *extra, check=False, timeout=timeout + 10)
+        done = self.ns(
+            self.cli,
+            PY,
+            str(HERE / "quic_client.py"),
+            "--host",
+            address,
+            "--name",
+            name,
+            "--version",
+            version,
+            "--timeout",
+            str(timeout),
+            *extra,
+            check=False,
+            timeout=timeout + 10,
+        )
         return done.returncode
 
     # -- capture ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from netblock.inspect.packet import LINK_ETHERNET, Packet, decode
 
@@ -141,7 +142,8 @@ def read_file(path: str) -> Iterator[tuple[float, int, bytes]]:
     reader = RawPcapReader(path)
     try:
         linktype = getattr(reader, "linktype", LINK_ETHERNET)
-        for frame, meta in reader:
+        for frame, record in reader:
+            meta: Any = record  # PacketMetadata (pcap) or PacketMetadataNg (pcapng)
             if hasattr(meta, "sec"):
                 ts = meta.sec + meta.usec / (1e9 if getattr(reader, "nano", False) else 1e6)
                 yield ts, linktype, frame

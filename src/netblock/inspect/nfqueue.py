@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 from netblock.inspect.detect import Detection
 from netblock.inspect.packet import LINK_RAW, TCP, Packet, decode
@@ -183,37 +184,37 @@ class Verdicts:
         if detection.rule.action == "block":
             self.current = detection
 
-    def __call__(self, queued: object) -> None:
+    def __call__(self, queued: Any) -> None:
         try:
             self._judge(queued)
         except Exception:  # fail-open: a parser bug must not cut the network
             self.errors += 1
             try:
-                queued.accept()  # type: ignore[attr-defined]
+                queued.accept()
             except Exception:
                 pass
 
-    def _judge(self, queued: object) -> None:
-        raw = queued.get_payload()  # type: ignore[attr-defined]
+    def _judge(self, queued: Any) -> None:
+        raw = queued.get_payload()
         pkt = decode(raw, LINK_RAW, time.time())
         if pkt is None:
-            queued.accept()  # type: ignore[attr-defined]
+            queued.accept()
             self.accepted += 1
             return
-        hw = queued.get_hw()  # type: ignore[attr-defined]
+        hw = queued.get_hw()
         if hw:
             pkt.mac = bytes(hw[:6])  # the sender's MAC, as AF_PACKET would have seen it
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.proto)
         expiry = self.blocked.get(key)
         if expiry is not None and expiry > pkt.ts:
-            queued.drop()  # type: ignore[attr-defined]
+            queued.drop()
             self.dropped += 1
             return
         self.current = None
         self.handle(pkt)
         detection = self.current
         if detection is None:
-            queued.accept()  # type: ignore[attr-defined]
+            queued.accept()
             self.accepted += 1
             return
         if len(self.blocked) > 50_000:
@@ -222,8 +223,8 @@ class Verdicts:
         if pkt.proto == TCP and not pkt.flags & 0x02:
             # This packet never reaches the server: its rcv_nxt is this packet's first byte.
             self.on_reset(pkt, pkt.seq)
-        queued.set_mark(MARK)  # type: ignore[attr-defined]
-        queued.repeat()  # type: ignore[attr-defined]
+        queued.set_mark(MARK)
+        queued.repeat()
         self.dropped += 1
 
 
@@ -231,7 +232,7 @@ def run_queue(queue: int, verdicts: Verdicts, stopped: Callable[[], bool]) -> No
     import select
     import socket
 
-    from netfilterqueue import NetfilterQueue  # type: ignore[import-not-found]
+    from netfilterqueue import NetfilterQueue
 
     nfq = NetfilterQueue()
     nfq.bind(queue, verdicts, max_len=4096)

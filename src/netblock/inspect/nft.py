@@ -28,7 +28,7 @@ SYSTEM_BINDING = "/usr/lib/python3/dist-packages/nftables/__init__.py"
 def _binding() -> Any | None:
     """libnftables through python3-nftables; a venv does not see Debian's dist-packages."""
     try:
-        import nftables  # type: ignore[import-not-found]
+        import nftables
 
         return nftables.Nftables()
     except ImportError:
@@ -90,7 +90,8 @@ def dynamic_ruleset(timeout: int) -> str:
             f"    {ip} saddr . {ip} daddr @pair{fam} meta l4proto tcp reject with tcp reset",
             f"    {ip} saddr . {ip} daddr @pair{fam} drop",
             f"    {ip} daddr . {ip} saddr @pair{fam} drop",
-            f"    {ip} saddr . {ip} daddr . meta l4proto . th dport @flow{fam} meta l4proto tcp reject with tcp reset",
+            f"    {ip} saddr . {ip} daddr . meta l4proto . th dport @flow{fam} meta l4proto tcp "
+            "reject with tcp reset",
             f"    {ip} saddr . {ip} daddr . meta l4proto . th dport @flow{fam} drop",
             f"    {ip} daddr . {ip} saddr . meta l4proto . th sport @flow{fam} drop",
         ]

@@ -85,8 +85,15 @@ def make_recorder(config: Config, stats: Stats) -> Any:
 
 
 class Inspector:
-    def __init__(self, config: Config, enforce: tuple[str, ...] = (), keep: int = 0, nft_timeout: int = 300,
-                 stats: Stats | None = None, events: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        enforce: tuple[str, ...] = (),
+        keep: int = 0,
+        nft_timeout: int = 300,
+        stats: Stats | None = None,
+        events: Any = None,
+    ) -> None:
         """`stats` and `events` may be shared with a DNS server in the same process."""
         self.config = config
         self.enforce = enforce
@@ -145,7 +152,9 @@ class Inspector:
 
         metrics = dataclasses.replace(self.config.metrics, listen=listen, enabled=True)
         config = dataclasses.replace(self.config, metrics=metrics)
-        self.metrics = MetricsServer(config, types.SimpleNamespace(stats=self.stats, started=self.stats.started))
+        self.metrics = MetricsServer(
+            config, types.SimpleNamespace(stats=self.stats, started=self.stats.started)
+        )
         self.metrics.start()
 
     def _stop_enforcement(self) -> None:
