@@ -475,3 +475,21 @@ def test_idle_connection_flood_is_capped(running):
         except (ConnectionError, http.client.HTTPException):
             time.sleep(0.1)
     assert get(m.port, "/healthz")[0] == 200
+
+
+def test_inspector_process_exports_only_its_part(running):
+    # netblock inspect runs MetricsServer over a stand-in with only stats: no resolver
+    # families (they would read as "no policy, no upstream" and mislead dashboards).
+    stats = Stats()
+    stats.inspector_detections = {("dot", ""): 2, ("sni", "wechat"): 1}
+    m = running(config(), SimpleNamespace(stats=stats, started=1.0))
+    s = samples(get(m.port, "/metrics")[1])
+    assert s[("netblock_inspector_detections_total", (("kind", "dot"), ("list", "")))] == 2
+    assert s[("netblock_inspector_detections_total", (("kind", "sni"), ("list", "wechat")))] == 1
+    names = {k[0] for k in s if k[0].startswith("netblock_")}
+    assert names == {
+        "netblock_build_info",
+        "netblock_start_time_seconds",
+        "netblock_inspector_detections_total",
+    }
+    assert get(m.port, "/readyz")[:2] == (200, "ready\n")

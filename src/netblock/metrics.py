@@ -73,6 +73,11 @@ def _looks_like_address(text: str) -> bool:
     return len(text) == 17 and text.count(":") == 5
 
 
+def is_dns_server(server: Any) -> bool:
+    """A DnsServer (policy holder and upstreams), not the inspector's stand-in with only stats."""
+    return hasattr(server, "holder") or hasattr(server, "upstreams")
+
+
 class NetblockCollector(Collector):
     """Reads the server's plain counters at scrape time."""
 
@@ -84,11 +89,14 @@ class NetblockCollector(Collector):
         server = self.server
         stats: Stats = server.stats
         yield from self._build(server)
-        yield from self._queries(stats)
-        yield from self._cache(stats, server)
-        yield from self._upstreams(stats, server)
-        yield from self._policy(stats, server)
-        yield from self._events(server)
+        if is_dns_server(server):
+            yield from self._queries(stats)
+            yield from self._cache(stats, server)
+            yield from self._upstreams(stats, server)
+            yield from self._policy(stats, server)
+        # The inspector process shares Stats but has no resolver: it exports its own part only.
+        if hasattr(server, "events"):
+            yield from self._events(server)
         yield from self._inspector(stats)
         if self.per_device:
             yield from self._devices(stats)
@@ -552,7 +560,12 @@ class _Auth:
 
 
 def readiness(server: Any) -> tuple[bool, str]:
-    """Ready = a policy is in force and at least one upstream answers its health probe."""
+    """Ready = a policy is in force and at least one upstream answers its health probe.
+
+    A process without a resolver (the inspector) is ready while it serves.
+    """
+    if not is_dns_server(server):
+        return True, "ready"
     holder = getattr(server, "holder", None)
     if getattr(holder, "current", None) is None:
         return False, "no policy loaded"
