@@ -196,7 +196,8 @@ def test_prometheus_scrapes_known_traffic(stack):
     expect_responses = dict(responses0)
     for key, n in (("blocked/NXDOMAIN", 9), ("upstream/NOERROR", 1), ("cache/NOERROR", 2)):
         expect_responses[key] = expect_responses.get(key, 0) + n
-    # netblock itself agrees before we ask Prometheus.
+    # netblock itself agrees before we ask Prometheus (a count may land just after its reply).
+    wait_for(lambda: counters(server) == (expect_blocked, expect_responses), 5, 0.1)
     assert counters(server) == (expect_blocked, expect_responses)
 
     blocked_q = "sum by (list) (netblock_blocked_total)"
