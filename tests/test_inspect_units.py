@@ -515,3 +515,43 @@ def test_cli_bad_doh_list_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert f"{bad}:3" in done.stderr
+
+
+def test_reload_swaps_lists_and_keeps_them_on_errors(tmp_path: Path) -> None:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    vendor = lists / "vendor.yaml"
+    vendor.write_text("name: vendor\ndomains: [old.example]\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"policy: {{lists: [{lists}/*.yaml], watch: false}}\nevents: {{enabled: false}}\n"
+        "inspector: {doh_list: ''}\n"
+    )
+    inspector = Inspector(load_config(cfg), (), keep=10)
+
+    def hello(name: str, port: int) -> None:
+        pkt = packet.decode(gen.ether(gen.tcp(CLIENT, SERVER, port, 443, 1, 1, 0x18, gen.client_hello(name))))
+        assert pkt is not None
+        inspector.engine.handle(pkt)
+
+    hello("new.example", 48000)
+    vendor.write_text("name: vendor\ndomains: [old.example, new.example]\n")
+    assert inspector.reload()
+    hello("new.example", 48001)
+    vendor.write_text("name: vendor\ndomains: ['bad name!']\n")
+    assert not inspector.reload()  # refused: the last good lists stay
+    hello("new.example", 48002)
+    assert [(d.name, d.pkt.sport) for d in inspector.sink.recent] == [
+        ("new.example", 48001),
+        ("new.example", 48002),
+    ]
+    assert inspector.stats.reload_successes == 1 and inspector.stats.reload_failures == 1
+
+
+def test_notes_are_counted_as_metrics(config) -> None:  # type: ignore[no-untyped-def]
+    inspector = Inspector(config, ())
+    inspector.events = inspector.sink.events = None
+    pkt = packet.decode(gen.ether(gen.tcp(CLIENT, SERVER, 49000, 443, 1, 1, 0x18, gen.client_hello(None))))
+    assert pkt is not None
+    inspector.engine.handle(pkt)
+    assert inspector.stats.inspector_detections == {("no-sni", "inspector"): 1}

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         inspector = Inspector(config, modes, nft_timeout=args.nft_timeout)
         signal.signal(signal.SIGTERM, lambda *_: inspector.stop())
         signal.signal(signal.SIGINT, lambda *_: inspector.stop())
+        signal.signal(signal.SIGHUP, lambda *_: inspector.reload_in_background())
         ready = Path(args.ready_file) if args.ready_file else None
         if "nfqueue" in modes:
             summary = inspector.run_nfqueue(

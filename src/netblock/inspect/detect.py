@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from netblock.inspect import http, quic, tls
 from netblock.inspect.dnsmsg import query_name
@@ -99,8 +100,10 @@ class Engine:
         enforcing: bool = False,
         flow_timeout: float = 10.0,
         max_flows: int = 20_000,
+        stats: Any = None,
     ) -> None:
         self.policy = policy
+        self.stats = stats  # notes (ECH, no SNI) are counted there as kind, list "inspector"
         self.doh = doh
         self.doh_list_name = doh_list_name
         self.sink = sink
@@ -145,6 +148,19 @@ class Engine:
                 rule = self.policy.match_ip(pkt.dst)
                 if rule is not None and rule.action != "allow":
                     self._address_once(pkt, "ip", rule)
+
+    def set_policy(self, policy: Policy, doh: Policy | None) -> None:
+        """Swap in a reloaded policy: reference assignments, safe against the capture thread."""
+        self._rules = {}
+        self.doh = doh
+        self.policy = policy
+
+    def _note(self, kind: str) -> None:
+        """Things worth counting that are not detections: ECH, a hello without SNI."""
+        self.notes[kind] += 1
+        if self.stats is not None:
+            counts = self.stats.inspector_detections
+            counts[(kind, "inspector")] = counts.get((kind, "inspector"), 0) + 1
 
     def sweep(self, now: float) -> None:
         self.streams.sweep(now)
@@ -228,7 +244,7 @@ class Engine:
         assembler = self.quic_flows.get(key, now)
         if not initials:
             if failed and assembler is None:
-                self.notes["quic-undecryptable"] += 1
+                self._note("quic-undecryptable")
                 self.decided.put(key, _SKIP, now)
             return
         if assembler is None:
@@ -294,11 +310,11 @@ class Engine:
         if hello is not None:
             alpn, ech = hello.alpn, hello.ech
             if ech is not None:
-                self.notes["ech"] += 1
+                self._note("ech")
             if hello.esni:
-                self.notes["esni"] += 1
+                self._note("esni")
         if not name:
-            self.notes["no-sni"] += 1
+            self._note("no-sni")
             return
         wire = wire_name(name)
         if wire is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from netblock.inspect.detect import Detection, Engine
 from netblock.inspect.record import Sink
 from netblock.policy.lists import load_list
 from netblock.policy.match import Policy, compile_policy
-from netblock.policy.reload import build_policy
+from netblock.policy.reload import build_policy, list_paths
 from netblock.stats import Stats
 from netblock.yamlsrc import SourceError
 
@@ -118,6 +119,7 @@ class Inspector:
             enforcing=bool(enforce),
             flow_timeout=ins.flow_timeout,
             max_flows=ins.max_flows,
+            stats=self.stats,
         )
         if not self.loaded.resolvers:
             log.warning("inspector.resolvers is empty: DNS to foreign resolvers is not detected")
@@ -170,6 +172,49 @@ class Inspector:
     def stop(self) -> None:
         self._stop.set()
 
+    def reload(self) -> bool:
+        """Reload the lists (SIGHUP, or a changed file); on any error keep the current ones."""
+        try:
+            loaded = load(self.config)
+        except (SourceError, OSError, RuntimeError) as exc:
+            log.error("inspector: policy reload refused, keeping the current lists: %s", exc)
+            self.stats.reload_failures += 1
+            return False
+        self.loaded = loaded
+        self.engine.set_policy(loaded.policy, loaded.doh)
+        self.stats.reload_successes += 1
+        log.info("inspector: policy reloaded (digest %s)", loaded.policy.digest)
+        return True
+
+    def reload_in_background(self) -> None:
+        threading.Thread(target=self.reload, name="inspect-reload", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Poll the list files' modification times (policy.watch): a change reloads."""
+
+        def snapshot() -> dict[str, float]:
+            paths = [str(p) for p in list_paths(self.config)]
+            if self.config.inspector.doh_list:
+                paths.append(str(self.config.resolve(self.config.inspector.doh_list)))
+            stamps = {}
+            for path in paths:
+                try:
+                    stamps[path] = os.stat(path).st_mtime
+                except OSError:
+                    stamps[path] = -1.0
+            return stamps
+
+        seen = snapshot()
+        while not self._stop.wait(max(0.2, self.config.policy.watch_interval)):
+            now = snapshot()
+            if now != seen:
+                seen = now
+                self.reload()
+
+    def _start_watch(self) -> None:
+        if self.config.policy.watch:
+            threading.Thread(target=self._watch, name="inspect-watch", daemon=True).start()
+
     # -- sources ------------------------------------------------------------------
     def run_pcap(self, path: str) -> dict[str, Any]:
         if self.events is not None:
@@ -190,6 +235,7 @@ class Inspector:
         capture = LiveCapture(interface, build_filter(self.loaded.networks))
         self._start_enforcement(interface)
         self._start_metrics()
+        self._start_watch()
         if self.events is not None:
             self.events.start()
         deadline = time.monotonic() + duration if duration else 0.0
@@ -227,6 +273,7 @@ class Inspector:
         if rules:
             nfqueue.install(queue)
         self._start_metrics()
+        self._start_watch()
         if self.events is not None:
             self.events.start()
         deadline = time.monotonic() + duration if duration else 0.0
