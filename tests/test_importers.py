@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from netblock.names import to_wire
 from netblock.policy.importers import (
     BELOW,
     EXACT,
@@ -160,13 +161,15 @@ def test_sniffing() -> None:
 
 def test_nameset_lookup_and_levels() -> None:
     names = NameSet(["a.example", "b.example", "a.example", "c.example"], [EXACT, SUBTREE, EXACT, BELOW])
+    a, b, c, d = (to_wire(f"{x}.example") for x in "abcd")
     assert len(names) == 3
-    assert names.find("a.example", True) == EXACT
-    assert names.find("a.example", False) == -1  # exact: not for names under it
-    assert names.find("b.example", True) == SUBTREE and names.find("b.example", False) == SUBTREE
-    assert names.find("c.example", True) == -1 and names.find("c.example", False) == BELOW
-    assert names.find("d.example", True) == -1
-    assert sorted(names.items()) == [("a.example", EXACT), ("b.example", SUBTREE), ("c.example", BELOW)]
+    assert names.find(a, True) == EXACT
+    assert names.find(a, False) == -1  # exact: not for names under it
+    assert names.find(b, True) == SUBTREE and names.find(b, False) == SUBTREE
+    assert names.find(c, True) == -1 and names.find(c, False) == BELOW
+    assert names.find(d, True) == -1
+    assert sorted(names.items()) == [(a, EXACT), (b, SUBTREE), (c, BELOW)]
+    assert names.has(a, EXACT) and not names.has(a, SUBTREE)
 
 
 def _write(tmp_path: Path, name: str, text: str, newline: str = "\n") -> Path:
@@ -229,7 +232,8 @@ def test_missing_include_is_an_error(tmp_path: Path) -> None:
 
 
 def test_bad_include_keys(tmp_path: Path) -> None:
-    listfile = _write(tmp_path, "l.yaml", "name: l\ninclude:\n  - {path: a.txt, format: csv}\n  - {nope: 1}\n")
+    listfile = _write(tmp_path, "l.yaml",
+                      "name: l\ninclude:\n  - {path: a.txt, format: csv}\n  - {nope: 1}\n")
     lst, errors = load_list(listfile)
     assert lst is None
     assert [e.line for e in errors] == [3, 4]

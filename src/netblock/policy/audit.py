@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netblock.names import from_wire
 from netblock.policy.importers import KIND_NAMES, NODATA, BulkEntry, NameSet
 from netblock.policy.lists import ListFile
 
@@ -80,7 +81,8 @@ def _bulk(lst: ListFile) -> dict[str, NameSet]:
     return {e.source: e.names for e in lst.domains if isinstance(e, BulkEntry) and e.names is not None}
 
 
-def _label(name: str, tag: int) -> str:
+def _label(wire: bytes, tag: int) -> str:
+    name = from_wire(wire).rstrip(".")
     return f"{_BULK_SECTION[KIND_NAMES[tag & 3]]}{'+nodata' if tag & NODATA else ''}:{name}"
 
 
@@ -89,11 +91,11 @@ def _only_in(first: NameSet, second: NameSet | None, bound: int) -> tuple[int, l
     if second is not None and first.digest == second.digest:
         return 0, []
     count, shown = 0, list[str]()
-    for name, tag in first.items():
-        if second is None or not second.has(name, tag):
+    for wire, tag in first.items():
+        if second is None or not second.has(wire, tag):
             count += 1
             if len(shown) < bound:
-                shown.append(_label(name, tag))
+                shown.append(_label(wire, tag))
     return count, shown
 
 

@@ -8,8 +8,9 @@ A list file may `include:` local files or URLs:
       - {url: https://lists.example/rpz.zone, format: rpz, refresh: 6h}
 
 Imported names are kept in a NameSet, not as one Entry each: a million names as Python
-objects would cost several hundred MB. A NameSet is the names in one string plus sorted
-hash slots in flat arrays (about 35 bytes a name), probed at each level of the label walk.
+objects would cost several hundred MB. A NameSet is the wire names in one bytes object
+plus sorted hash slots in flat arrays (about 40 bytes a name), probed at each level of the
+label walk like the hand-written tables.
 It reaches the compiled policy as one BulkEntry in the list's `domains`. Allow carve-outs
 (`@@||name^`, rpz-passthru) and networks (rpz-ip) stay ordinary entries: they are few.
 
@@ -32,7 +33,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from netblock.names import NameError_, normalise
+from netblock.names import NameError_, from_wire, normalise
 from netblock.policy.lists import Entry
 from netblock.yamlsrc import SourceError, line_of
 
@@ -51,7 +52,7 @@ NODATA = 4
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = _LABEL + r"(?:\." + _LABEL + r")*"
 _INDEX_BITS = 24  # a NameSet holds at most 16M names
-_HASH_MASK = (1 << 40) - 1
+HASH_MASK = (1 << 40) - 1
 
 
 def usable(names: list[str]) -> list[str]:
@@ -62,17 +63,40 @@ def usable(names: list[str]) -> list[str]:
     return names
 
 
-class NameSet:
-    """Many names in flat arrays: ~30 bytes a name instead of ~300 as Python objects.
+_LEN = [bytes((i,)) for i in range(64)]
+_WIRE_NAME = re.compile(rb"[^\x00]*\x00")
 
-    Names are kept as presentation text ("a.example.com") in one string, in source order.
-    `slots` holds (40 bits of hash << 24 | index), sorted; a bucket directory on the top
-    hash bits points into it. Lookup hashes the name, scans its bucket (about one slot)
-    and compares the text on a hash hit, so there are no false positives. Python's hash
-    is per process: a NameSet never leaves the process that built it.
+
+def wires_of(names: list[str]) -> list[bytes]:
+    """Wire forms of many usable names, a batch at a time without a Python loop per name.
+
+    "a.bc\nd.ef" -> "a.bc..d.ef.." -> labels [a, bc, "", d, ef, "", ""]: the empty label
+    after each name becomes its root byte. Length bytes are 1..63 and names hold no NUL,
+    so the only zero bytes are the terminators, where the blob is cut back into names.
+    """
+    wires: list[bytes] = []
+    for start in range(0, len(names), 32768):
+        batch = names[start : start + 32768]
+        labels = "\n".join(batch).encode("ascii").replace(b"\n", b"..").split(b".")
+        labels.append(b"")
+        parts: list[bytes] = [b""] * (2 * len(labels))
+        parts[::2] = map(_LEN.__getitem__, map(len, labels))
+        parts[1::2] = labels
+        wires.extend(_WIRE_NAME.findall(b"".join(parts))[: len(batch)])
+    return wires
+
+
+class NameSet:
+    """Many names in flat arrays: ~35 bytes a name instead of ~300 as Python objects.
+
+    The wire names sit in one bytes object, in source order. `slots` holds (40 bits of
+    hash << 24 | index), sorted; a bucket directory on the top hash bits points into it.
+    Lookup hashes the wire suffix the label walk already sliced, scans its bucket (most
+    misses stop at an empty one) and compares the bytes on a hash hit, so there are no
+    false positives. Python's hash is per process: a NameSet never leaves its process.
     """
 
-    __slots__ = ("_bits", "blob", "count", "digest", "offsets", "slots", "starts", "tag", "tags")
+    __slots__ = ("blob", "count", "digest", "offsets", "shift", "slots", "starts", "tag", "tags")
 
     def __init__(self, names: list[str], tags: list[int] | None = None, tag: int = EXACT) -> None:
         if tags is not None:
@@ -87,16 +111,20 @@ class NameSet:
             raise ValueError(f"more than {1 << _INDEX_BITS} names in one source")
         self.tag = tag  # of every name when `tags` is None (one kind of entry in the source)
         self.count = len(names)
-        self.blob = "\n".join(names) + "\n"
-        self.digest = hashlib.sha256(self.blob.encode("ascii")).hexdigest()[:16]
-        self.offsets = array("I", accumulate(map(len, names), lambda a, n: a + n + 1, initial=0))
-        mask = _HASH_MASK
-        packed = [(h & mask) << _INDEX_BITS | i for i, h in enumerate(map(hash, names))]
+        wires = wires_of(names)
         del names
+        self.blob = b"".join(wires)
+        self.digest = hashlib.sha256(self.blob).hexdigest()[:16]
+        self.offsets = array("I", accumulate(map(len, wires), initial=0))
+        mask = HASH_MASK
+        packed = [(h & mask) << _INDEX_BITS | i for i, h in enumerate(map(hash, wires))]
+        del wires
         packed.sort()
         self.slots = array("Q", packed)
         del packed
-        self._bits = bits = max(4, min(40, self.count.bit_length()))
+        # About two buckets a name: most misses stop at an empty bucket.
+        bits = max(4, min(40, self.count.bit_length() + 1))
+        self.shift = 40 - bits  # bucket of a 40-bit hash value
         counts = array("I", bytes(4 * ((1 << bits) + 1)))
         shift = 64 - bits
         for value in self.slots:
@@ -106,17 +134,19 @@ class NameSet:
     def __len__(self) -> int:
         return self.count
 
-    def find(self, name: str, whole: bool) -> int:
-        """The tag of `name` applicable at this level (whole name or a parent), or -1."""
-        value = hash(name) & _HASH_MASK
-        bucket = value >> (40 - self._bits)
+    def find(self, wire: bytes, whole: bool) -> int:
+        """The tag of a wire name applicable at this level (whole name or a parent), or -1."""
+        return self.find_hashed(wire, hash(wire) & HASH_MASK, whole)
+
+    def find_hashed(self, wire: bytes, value: int, whole: bool) -> int:
+        bucket = value >> self.shift
         index, end = self.starts[bucket], self.starts[bucket + 1]
         slots, offsets = self.slots, self.offsets
         while index < end:
             slot = slots[index]
             if slot >> _INDEX_BITS == value:
                 position = slot & 0xFFFFFF
-                if self.blob[offsets[position] : offsets[position + 1] - 1] == name:
+                if self.blob[offsets[position] : offsets[position + 1]] == wire:
                     tag = self.tags[position] if self.tags is not None else self.tag
                     kind = tag & 3
                     if (kind != BELOW) if whole else (kind != EXACT):
@@ -124,22 +154,22 @@ class NameSet:
             index += 1
         return -1
 
-    def items(self) -> Iterator[tuple[str, int]]:
-        """(name, tag) in source order."""
+    def items(self) -> Iterator[tuple[bytes, int]]:
+        """(wire name, tag) in source order."""
         blob, offsets, tags = self.blob, self.offsets, self.tags
         for index in range(self.count):
             tag = tags[index] if tags is not None else self.tag
-            yield blob[offsets[index] : offsets[index + 1] - 1], tag
+            yield blob[offsets[index] : offsets[index + 1]], tag
 
-    def has(self, name: str, tag: int) -> bool:
-        """This exact (name, tag) pair is in the set (for diffs)."""
-        value = hash(name) & _HASH_MASK
-        bucket = value >> (40 - self._bits)
+    def has(self, wire: bytes, tag: int) -> bool:
+        """This exact (wire name, tag) pair is in the set (for diffs)."""
+        value = hash(wire) & HASH_MASK
+        bucket = value >> self.shift
         for index in range(self.starts[bucket], self.starts[bucket + 1]):
             slot = self.slots[index]
             if slot >> _INDEX_BITS == value:
                 position = slot & 0xFFFFFF
-                if (self.blob[self.offsets[position] : self.offsets[position + 1] - 1] == name
+                if (self.blob[self.offsets[position] : self.offsets[position + 1]] == wire
                         and (self.tags[position] if self.tags is not None else self.tag) == tag):
                     return True
         return False
@@ -607,8 +637,8 @@ def _add_parsed(result: Imported, parsed: Parsed, include: Include, fmt: str, sh
 def bulk_names(entry: Entry) -> Iterable[tuple[str, str]]:
     """(kind, name) of every name of a BulkEntry (for diffs and exports)."""
     if isinstance(entry, BulkEntry) and entry.names is not None:
-        for name, tag in entry.names.items():
-            yield KIND_NAMES[tag & 3] + ("+nodata" if tag & NODATA else ""), name
+        for wire, tag in entry.names.items():
+            yield KIND_NAMES[tag & 3] + ("+nodata" if tag & NODATA else ""), from_wire(wire).rstrip(".")
 
 
 def locate(source: str, name: str) -> int:

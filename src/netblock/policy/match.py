@@ -13,8 +13,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from netblock.names import is_under, normalise, to_wire
-from netblock.policy.importers import BELOW, EXACT, NODATA, SUBTREE, BulkEntry, NameSet
+from netblock.names import from_wire, is_under, normalise, to_wire
+from netblock.policy.importers import BELOW, EXACT, HASH_MASK, NODATA, SUBTREE, BulkEntry, NameSet
 from netblock.policy.lists import Entry, ListFile
 from netblock.policy.rule import PRECEDENCE, Rule, ede_text_for
 from netblock.yamlsrc import SourceError
@@ -44,7 +44,7 @@ class Policy:
     digest: str = ""
     # Imported names (importers.NameSet), with a rule per slot tag; probed after the dicts.
     bulk: tuple[tuple[NameSet, tuple[Rule | None, ...]], ...] = ()
-    _hits: dict[tuple[int, str], Rule] = field(default_factory=dict, repr=False)
+    _hits: dict[tuple[int, bytes], Rule] = field(default_factory=dict, repr=False)
 
     def match_wire(self, wire: bytes) -> Rule | None:
         """The deciding rule for a lower-cased, uncompressed wire name, or None."""
@@ -67,53 +67,39 @@ class Policy:
                 return rule
 
     def _match_with_bulk(self, wire: bytes) -> Rule | None:
-        # Same walk, but each level also asks the NameSets, which hold presentation text:
-        # the name's text from offset o is the suffix whose wire form starts at o. At one
-        # level the usual precedence (allow > block > monitor) decides between tables.
-        labels = []
+        # Same walk, but each level also asks the NameSets (keyed by wire suffixes too).
+        # At one level the usual precedence (allow > block > monitor) decides.
+        table = self.full
         offset = 0
+        part = wire
         while wire[offset]:
-            length = wire[offset]
-            labels.append(wire[offset + 1 : offset + 1 + length])
-            offset += length + 1
-        text = b".".join(labels).decode("latin-1")
-        if b"." in wire and any(b"." in label for label in labels):
-            text = ""  # a label with a dot in it: its text would read as more labels
-        rule = self._bulk_level(text, True, self.full.get(wire))
-        if rule is not None:
-            return rule
-        suffix = self.suffix
-        offset = 0
-        while True:
-            length = wire[offset]
-            if length == 0:
-                return None
-            offset += length + 1
-            if wire[offset] == 0:
-                return None
-            rule = self._bulk_level(text[offset:] if text else "", False, suffix.get(wire[offset:]))
+            rule = table.get(part)
+            if rule is None or rule.action != "allow":
+                value = hash(part) & HASH_MASK
+                for index, (names, rules) in enumerate(self.bulk):
+                    bucket = value >> names.shift
+                    if names.starts[bucket] == names.starts[bucket + 1]:
+                        continue  # the common miss: an empty bucket
+                    tag = names.find_hashed(part, value, offset == 0)
+                    if tag >= 0:
+                        template = rules[tag]
+                        if template is not None and _better(template, rule):
+                            rule = self._hit(index, part, template)
             if rule is not None:
                 return rule
+            table = self.suffix
+            offset += wire[offset] + 1
+            part = wire[offset:]
+        return None
 
-    def _bulk_level(self, text: str, whole: bool, rule: Rule | None) -> Rule | None:
-        if not text or (rule is not None and rule.action == "allow"):
-            return rule
-        for index, (names, rules) in enumerate(self.bulk):
-            tag = names.find(text, whole)
-            if tag < 0:
-                continue
-            template = rules[tag]
-            if template is not None and _better(template, rule):
-                rule = self._hit(index, text, template)
-        return rule
-
-    def _hit(self, index: int, name: str, template: Rule) -> Rule:
+    def _hit(self, index: int, wire: bytes, template: Rule) -> Rule:
         """The template with the matched name as its pattern (cited in EDE and events)."""
-        key = (index, name)
+        key = (index, wire)
         rule = self._hits.get(key)
         if rule is None:
-            rule = dataclasses.replace(template, pattern=name,
-                                       ede_text=ede_text_for(template.list_name, name, template.policy))
+            pattern = from_wire(wire).rstrip(".")
+            rule = dataclasses.replace(template, pattern=pattern,
+                                       ede_text=ede_text_for(template.list_name, pattern, template.policy))
             if len(self._hits) < 65536:  # bounded: a flood of distinct blocked names cannot grow it
                 self._hits[key] = rule
         return rule
@@ -198,7 +184,8 @@ def _bulk_guard_violations(lst: ListFile, entry: BulkEntry, names: NameSet,
             parent = ".".join(labels[start:])
             # The guard itself blocked (exact or subtree), everything under it (*.guard),
             # or a parent's subtree.
-            hits = [names.find(parent, False)] + ([names.find(parent, True)] if start == 0 else [])
+            wire = to_wire(parent)
+            hits = [names.find(wire, False)] + ([names.find(wire, True)] if start == 0 else [])
             if max(hits) < 0:
                 continue
             location = str(entry.meta.get("location", entry.source))
