@@ -313,14 +313,15 @@ class EventRecorder:
                 rows.append(to_row(event, identity, self.instance))
             if self.jsonl_sink:
                 lines.append(json.dumps(to_document(event, self.instance, identity), separators=(",", ":")))
-        if self.store_sink:
-            self._write_store(rows)
+        # The file first: once `written` (the store's count) moves, both sinks have the batch.
         if self.jsonl_sink and self.jsonl:
             try:
                 self.jsonl.write(("\n".join(lines) + "\n").encode("ascii"))
                 self.jsonl_sink.ok(len(lines))
             except OSError as exc:
                 self.jsonl_sink.failed(len(lines), exc)
+        if self.store_sink:
+            self._write_store(rows)
 
     def _write_store(self, rows: list[Row]) -> None:
         assert self.store_sink is not None
