@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,11 +71,13 @@ def include_locations(lst: ListFile) -> list[str]:
 
 
 class _ListCache:
-    """Parsed list files keyed by the stat of the file and of its includes: a reload
-    re-reads only what changed, so frequent reloads stay cheap for the event loop."""
+    """Parsed list files keyed by the content of the file and the stat of its includes: a
+    reload re-parses only what changed, so frequent reloads stay cheap for the event loop.
+    (The list file's own bytes, not its mtime: two same-size saves within one timestamp
+    tick must not look alike. Includes can be large; their stat is the key.)"""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[tuple[int, int, int], ...], ListFile]] = {}
+        self._entries: dict[str, tuple[tuple[object, ...], ListFile]] = {}
         self._lock = threading.Lock()
 
     def load(self, path: Path) -> tuple[ListFile | None, list[SourceError]]:
@@ -82,20 +85,28 @@ class _ListCache:
         with self._lock:
             cached = self._entries.get(key)
         if cached is not None:
-            stats, lst = cached
-            if stats == self._stats(key, lst):
+            signature, lst = cached
+            if signature == self._signature(key, lst):
                 return lst, []
-        stat_before = _stat(key)
+        before = _content(key)
         fresh, errors = load_list(path)
-        if fresh is not None and not errors and stat_before == _stat(key):
-            with self._lock:
-                self._entries[key] = (self._stats(key, fresh, stat_before), fresh)
+        if fresh is not None and not errors:
+            signature = self._signature(key, fresh)
+            if signature[0] == before:
+                with self._lock:
+                    self._entries[key] = (signature, fresh)
         return fresh, errors
 
     @staticmethod
-    def _stats(key: str, lst: ListFile,
-               own: tuple[int, int, int] | None = None) -> tuple[tuple[int, int, int], ...]:
-        return (own or _stat(key), *(_stat(p) for p in include_locations(lst)))
+    def _signature(key: str, lst: ListFile) -> tuple[object, ...]:
+        return (_content(key), *(_stat(p) for p in include_locations(lst)))
+
+
+def _content(path: str) -> int:
+    try:
+        return zlib.crc32(Path(path).read_bytes())
+    except OSError:
+        return -1
 
 
 _cache = _ListCache()
@@ -188,6 +199,7 @@ class PolicyHolder:
                 if policy.digest == old.digest:
                     self.last_error = ""
                     self.last_success = time.time()
+                    self._count("reload_successes")
                     log.debug("policy reload (%s): no change, digest %s", trigger, policy.digest)
                     return True
             self.config = config
