@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,6 +112,11 @@ def test_bad_edit_keeps_the_old_policy(server: Netblock, lists: Path, damage: st
         path.write_text(LIST + "  - mail.example.test\n  - qq.com\n")
     line = _refused(server, before)
     assert reason in line
+    # Reported in the metrics too.
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    metrics = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert "netblock_policy_last_reload_successful 0.0" in metrics
+    assert 'netblock_policy_reloads_total{result="failure"} 1.0' in metrics
     if damage in ("yaml", "guard"):
         assert str(path) + ":" in line  # file:line
     # The old policy is in force: the blocked probe is still blocked, the edit did not land.
