@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import sqlite3
 import subprocess
 import sys
@@ -225,34 +226,20 @@ def test_hostile_names_give_valid_json_lines(server: Netblock) -> None:
 
 
 def test_events_follow_prints_new_events(server: Netblock) -> None:
-    follower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "netblock",
-            "events",
-            "--follow",
-            "--last",
-            "0",
-            "--count",
-            "3",
-            "--timeout",
-            "30",
-            "--format",
-            "json",
-            "--interval",
-            "0.1",
-            "-c",
-            str(server.config_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    started = f"{time.time():.3f}"
+    server.query("follow0.wechat.com", source="127.0.0.4")  # before the follower: printed as history
+    command = [sys.executable, "-m", "netblock", "events", "--follow", "--since", started, "--count", "3"]
+    command += ["--timeout", "30", "--format", "json", "--interval", "0.1", "-c", str(server.config_path)]
+    assert wait_for(lambda: db_count(server, "name = ?", ("follow0.wechat.com.",)) == 1, 10)
+    follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        time.sleep(2)  # let it read where the store ends
-        for i in range(3):
+        assert follower.stdout is not None
+        ready, _, _ = select.select([follower.stdout], [], [], 30)
+        assert ready, "the follower printed nothing"
+        first = json.loads(follower.stdout.readline())
+        assert first["name"] == "follow0.wechat.com."
+        # The follower is past its history now: these two can only reach it by following.
+        for i in (1, 2):
             server.query(f"follow{i}.wechat.com", source="127.0.0.4")
         out, err = follower.communicate(timeout=40)
     finally:
@@ -261,8 +248,9 @@ def test_events_follow_prints_new_events(server: Netblock) -> None:
             follower.wait(5)
     assert follower.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
-    assert [e["name"] for e in events] == [f"follow{i}.wechat.com." for i in range(3)]
+    assert [e["name"] for e in events] == ["follow1.wechat.com.", "follow2.wechat.com."]
     assert {e["device"] for e in events} == {"phone-four"}
+    assert all(e["action"] == "block" and e["instance"] == "test" for e in events)
 
 
 def test_short_load_every_blocked_answer_is_stored(server: Netblock, tmp_path: Path) -> None:

@@ -386,14 +386,21 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 1
     columns = ("id", *COLUMNS)
     select = f"SELECT {', '.join(columns)} FROM events"
-    where, params = _where(parse_time(args.since) if args.since else None, None, args.device, args.list)
+    try:
+        since = parse_time(args.since) if args.since else None
+    except ValueError as exc:
+        store.close()
+        print(f"netblock events: {exc}", file=sys.stderr)
+        return 2
+    where, params = _where(since, None, args.device, args.list)
     printed = 0
     try:
         rows = store.query(f"{select}{where} ORDER BY id DESC LIMIT {int(args.last)}", params)
         rows.reverse()
         last_id = rows[-1][0] if rows else int(store.query("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
-        for row in rows:
+        for row in rows[: args.count]:  # --count covers these too: `--since T --count N` has no race
             print(_event_line(dict(zip(columns, row, strict=True)), args.format), flush=True)
+            printed += 1
         deadline = time.monotonic() + args.timeout if args.timeout else None
         while args.follow and (args.count is None or printed < args.count):
             if deadline is not None and time.monotonic() > deadline:
@@ -435,7 +442,7 @@ def add_commands(subparsers: Any) -> None:
     events.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     events.add_argument("--last", type=int, default=20, help="print this many earlier events first")
     events.add_argument("--format", choices=("text", "json"), default="text")
-    events.add_argument("--count", type=int, help="with --follow: stop after this many new events")
+    events.add_argument("--count", type=int, help="stop after printing this many events")
     events.add_argument("--timeout", type=float, default=0.0,
                         help="with --follow: stop after this many seconds")
     events.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
