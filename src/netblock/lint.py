@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from netblock.config import Config, load_config
+from netblock.policy import sources
 from netblock.policy.audit import AuditRecord, diff_lists, git_commit
 from netblock.policy.importers import warnings_for
 from netblock.policy.lists import FILE_KEYS, ListFile, load_list
@@ -56,6 +57,7 @@ def lint(paths: list[str], config_path: str | None) -> tuple[list[SourceError], 
             except SourceError as exc:
                 errors.append(exc)
                 continue
+            sources.configure(config.resolve(config.policy.cache_dir))  # URL includes: that copy
             list_files.extend(p for p in list_paths(config) if p not in list_files)
         elif path not in list_files:
             list_files.append(path)
