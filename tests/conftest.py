@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BLOCKLISTS, Netblock, Nsd  # noqa: E402
+from harness import BLOCKLISTS, Netblock, Nsd
 
 FOUNDATION_LISTS = Path(__file__).resolve().parent / "data" / "foundation"
 

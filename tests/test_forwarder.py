@@ -13,6 +13,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+
 from harness import Netblock, Nsd
 
 BLOCKED_SPELLINGS = ["weixin.qq.com", "WeiXin.QQ.com", "a.b.weixin.qq.com", "weixin.qq.com."]

@@ -12,6 +12,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import yaml
+
 from harness import REPO, Nsd, free_port
 
 

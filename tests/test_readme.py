@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from harness import REPO
-
 from netblock.config import Config
+
+from harness import REPO
 
 
 def _keys(cls: type, prefix: str = "") -> list[str]:

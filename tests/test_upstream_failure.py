@@ -9,6 +9,7 @@ from pathlib import Path
 import dns.edns
 import dns.rcode
 import pytest
+
 from harness import Netblock, Nsd, free_port
 
 

@@ -281,7 +281,7 @@ def load_config(path: str | Path) -> Config:
     config = _build(Config, data, "", str(path))
     config = dataclasses.replace(config, path=str(path.resolve()))
     _check_consistency(config, str(path), data)
-    return config  # type: ignore[no-any-return]
+    return config
 
 
 def _check_consistency(config: Config, path: str, data: Any) -> None:

@@ -48,7 +48,7 @@ def _convert(node: yaml.Node, path: str, loader: yaml.SafeLoader) -> Any:
         result = YMap()
         result.path, result.line, result.key_lines = path, line, {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str):
                 key = str(key)
             if key in result:
@@ -63,7 +63,7 @@ def _convert(node: yaml.Node, path: str, loader: yaml.SafeLoader) -> Any:
             items.item_lines.append(item.start_mark.line + 1)
             items.append(_convert(item, path, loader))
         return items
-    return loader.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    return loader.construct_object(node, deep=True)
 
 
 def load_text(text: str, path: str | Path) -> Any:
@@ -82,7 +82,7 @@ def load_text(text: str, path: str | Path) -> Any:
     except yaml.YAMLError as exc:
         raise SourceError(path, 1, f"YAML: {exc}") from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
 
 
 def load_file(path: str | Path) -> Any:

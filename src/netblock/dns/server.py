@@ -410,7 +410,7 @@ class DnsServer:
                 try:
                     prefix = await asyncio.wait_for(reader.readexactly(2), tcp.idle_timeout)
                     data = await asyncio.wait_for(reader.readexactly(_H.unpack(prefix)[0]), tcp.idle_timeout)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     break
                 result = self.handle(data, client, "tcp")
                 if result is None:

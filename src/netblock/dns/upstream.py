@@ -86,7 +86,7 @@ class Upstreams:
                     if answer[2] & 0x02:  # truncated: the same server over TCP
                         answer = await self._tcp(server, qname, qtype, qclass, do,
                                                  max(deadline - loop.time(), 0.05))
-            except (OSError, UpstreamError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (TimeoutError, OSError, UpstreamError, asyncio.IncompleteReadError) as exc:
                 server.stats.errors += 1
                 if isinstance(exc, asyncio.TimeoutError | TimeoutError):
                     server.stats.timeouts += 1
@@ -178,7 +178,7 @@ class Upstreams:
     async def _probe(self, server: Upstream) -> None:
         try:
             await self._udp(server, b"\x00", wire.NS, wire.CLASS_IN, False, self.config.attempt_timeout)
-        except (OSError, asyncio.TimeoutError, UpstreamError):
+        except (TimeoutError, OSError, UpstreamError):
             if server.healthy:
                 log.warning("upstream %s is not answering", server.address)
             server.mark(False, self.config.down_seconds)

@@ -144,7 +144,8 @@ def error_echo(data: bytes, rcode: int) -> bytes:
 
 def _flags(query: Query, rcode: int, aa: bool = False) -> bytes:
     # QR, RD copied, RA set; AA, TC, Z and AD clear; CD copied.
-    return bytes((0x80 | (0x04 if aa else 0) | ((query.flags >> 8) & 0x01), 0x80 | (query.flags & 0x10) | (rcode & 0x0F)))
+    return bytes((0x80 | (0x04 if aa else 0) | ((query.flags >> 8) & 0x01),
+                  0x80 | (query.flags & 0x10) | (rcode & 0x0F)))
 
 
 def opt_record(udp_size: int, do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
@@ -335,7 +336,7 @@ def scan_answer(data: bytes) -> Scan:
             if index < ancount:
                 if rtype == CNAME:
                     scan.cnames.append(rdata)
-                elif rtype == A and rdlength == 4 or rtype == AAAA and rdlength == 16:
+                elif (rtype == A and rdlength == 4) or (rtype == AAAA and rdlength == 16):
                     scan.addresses.append(data[rdata:end])
             elif negative and rtype == SOA and index < ancount + nscount and rdlength >= 22:
                 minimum = struct.unpack_from("!I", data, end - 4)[0]

@@ -42,9 +42,9 @@ class ListFile:
     path: str
     vendor: str = ""
     description: str = ""
-    policy: Citation = Citation()
+    policy: Citation = field(default_factory=Citation)
     action: str = "block"
-    response: Response = Response()
+    response: Response = field(default_factory=Response)
     block_ttl: int = 300
     domains: tuple[Entry, ...] = ()  # subtree: the name and everything under it
     exact: tuple[Entry, ...] = ()
