@@ -96,11 +96,12 @@ class Events:
     jsonl: str = "../var/events.jsonl"
     jsonl_max_bytes: int = 100 * 1024 * 1024
     jsonl_backups: int = 5
-    retention_days: int = 365
+    retention_days: int = 365  # 0 keeps events forever
     queue_size: int = 100_000
     batch_size: int = 1000
     flush_interval: float = 0.5
-    postgres: str = ""  # a DSN; when set, events go there instead of SQLite
+    max_cpu_share: float = 0.25  # under a flood the writer rests so answering keeps the rest
+    postgres: str = ""  # a DSN; when set, events go there instead of SQLite (not as well)
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,8 @@ def _check_consistency(config: Config, path: str, data: Any) -> None:
         fail("cache", "min_ttl", "must not exceed cache.max_ttl")
     if not 0 < config.policy.max_shrink <= 1:
         fail("policy", "max_shrink", "must be a fraction in (0, 1]")
+    if not 0 < config.events.max_cpu_share <= 1:
+        fail("events", "max_cpu_share", "must be a fraction in (0, 1]")
     if not 512 <= config.server.udp_payload <= 4096:
         fail("server", "udp_payload", "must be between 512 and 4096")
     if not config.server.listen:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netblock.devices import Device, DeviceIdentifier, Identity
+from netblock.names import from_wire
 from netblock.policy.rule import Rule
 from netblock.store import EventStore, Row, StoreError, open_store
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # (time, client ip, client mac or "", name in presentation form, qtype, rule, stage, protocol)
-RawEvent = tuple[float, str, str, str, int, Rule, str, str]
+RawEvent = tuple[float, str, str, str | bytes, int, Rule, str, str]
 
 ECS_VERSION = "8.11.0"
 ERROR_INTERVAL = 60.0  # seconds between two error lines about the same failing sink
@@ -165,7 +166,8 @@ class EventRecorder:
     def __init__(self, jsonl_path: str | Path | None, queue_size: int = 100_000, instance: str = "", *,
                  store: str = "", identifier: DeviceIdentifier | None = None, stats: Stats | None = None,
                  per_device: bool = False, jsonl_max_bytes: int = 100 * 1024 * 1024, jsonl_backups: int = 5,
-                 retention_days: int = 365, batch_size: int = 1000, flush_interval: float = 0.5) -> None:
+                 retention_days: int = 365, batch_size: int = 1000, flush_interval: float = 0.5,
+                 max_cpu_share: float = 0.25) -> None:
         self.path = Path(jsonl_path) if jsonl_path else None
         self.store_target = store
         self.queue: collections.deque[RawEvent] = collections.deque()
@@ -177,6 +179,7 @@ class EventRecorder:
         self.retention_days = retention_days
         self.batch_size = max(1, batch_size)
         self.flush_interval = flush_interval
+        self.max_cpu_share = max_cpu_share
         self.jsonl = JsonLines(self.path, jsonl_max_bytes, jsonl_backups) if self.path else None
         self.store: EventStore | None = None
         self.store_sink = _Sink(f"the event store {store}") if store else None
@@ -199,6 +202,7 @@ class EventRecorder:
             per_device=config.metrics.per_device,
             jsonl_max_bytes=ev.jsonl_max_bytes, jsonl_backups=ev.jsonl_backups,
             retention_days=ev.retention_days, batch_size=ev.batch_size, flush_interval=ev.flush_interval,
+            max_cpu_share=ev.max_cpu_share,
         )
         if not ev.enabled:
             recorder.path = recorder.jsonl = recorder.jsonl_sink = recorder.store_sink = None
@@ -208,9 +212,10 @@ class EventRecorder:
 
     # -- the query path
 
-    def record(self, ts: float, client_ip: str, mac: str, name: str, qtype: int, rule: Rule,
+    def record(self, ts: float, client_ip: str, mac: str, name: str | bytes, qtype: int, rule: Rule,
                stage: str, protocol: str) -> None:
-        """Hot path: one append, or one counted drop when the queue is full."""
+        """Hot path: one append, or one counted drop when the queue is full. `name` is the
+        presentation form, or the uncompressed wire form, which the writer converts."""
         if len(self.queue) >= self.queue_size:
             self.queue_dropped += 1
             return
@@ -282,6 +287,7 @@ class EventRecorder:
             while queue and len(batch) < self.batch_size:
                 batch.append(queue.popleft())
             if batch:
+                started = time.perf_counter()
                 try:
                     self.write_batch(batch)
                 except Exception as exc:  # never let one bad event end the writer
@@ -293,6 +299,12 @@ class EventRecorder:
                     queue.clear()
                     return
                 if len(queue) >= self.batch_size:
+                    # Under a flood, writing shares the interpreter with answering: rest in
+                    # proportion, so the writer takes at most max_cpu_share of it; the queue
+                    # bound then drops (and counts) what cannot be written.
+                    rest = (time.perf_counter() - started) * (1 / self.max_cpu_share - 1)
+                    if not self._stop and rest > 0:
+                        self._wake.wait(min(rest, self.flush_interval))
                     continue
             elif self._stop:
                 return
@@ -305,6 +317,8 @@ class EventRecorder:
         lines: list[str] = []
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
         for event in batch:
+            if event[3].__class__ is bytes:  # the query path hands over the wire name as is
+                event = (*event[:3], from_wire(event[3]), *event[4:])  # type: ignore[assignment]
             identity = self.identify(event[1], event[2])
             if device_blocked is not None and identity.device.in_inventory:
                 name = identity.device.name

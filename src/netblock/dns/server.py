@@ -298,7 +298,8 @@ class DnsServer:
         self.stats.blocked[key] = self.stats.blocked.get(key, 0) + 1
         if query.ecs is not None and self.trusted_relays:
             client = self._ecs_client(query.ecs, client)
-        self.events.record(time.time(), client, query.mac, query.name, query.qtype, rule, stage, proto)
+        # The wire name as sent: the writer thread renders it, off the query path.
+        self.events.record(time.time(), client, query.mac, query.question[:-4], query.qtype, rule, stage, proto)
 
     def _ecs_client(self, ecs: bytes, client: str) -> str:
         """The device behind a trusted relay, from its EDNS Client Subnet option."""
