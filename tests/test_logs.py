@@ -10,9 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import BLOCKLISTS, Netblock, wait_for
 from netblock.config import Logging
 from netblock.logs import setup_logging
+
+from harness import BLOCKLISTS, Netblock, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -95,16 +96,17 @@ def test_unwritable_file_is_a_clear_error(tmp_path):
 
 
 def test_real_server_logs_json_lines(tmp_path, upstream):
-    config = {"logging": {"format": "json", "level": "info"}}
+    config = {"logging": {"format": "json", "level": "debug"}}
     server = Netblock(tmp_path / "nb", [upstream.address], lists=[BLOCKLISTS / "*.yaml"], config=config)
     with server:
         server.query("www.example.test")
-        server.signal(signal.SIGHUP)  # a reload logs a line
+        server.signal(signal.SIGHUP)  # a reload logs a line (at debug when nothing changed)
         assert wait_for(lambda: "reload" in server.log(), 10), server.log()
     lines = [line for line in server.log().splitlines() if line.strip()]
     assert len(lines) >= 3
     docs = [json.loads(line) for line in lines]  # every line is one JSON document
     assert all({"@timestamp", "log.level", "log.logger", "message"} <= d.keys() for d in docs)
     assert any(d["log.logger"] == "netblock.metrics" for d in docs)
+    assert any(d["log.level"] == "debug" for d in docs)  # the configured level reached the server
     # The query path logs nothing: no line names the query.
     assert not any("www.example.test" in d["message"] for d in docs)
