@@ -226,8 +226,10 @@ class DnsServer:
         body = entry.render(time.monotonic(), self.config.cache.stale_ttl if stale else 0)
         arcount = (body[8] << 8 | body[9]) + (1 if query.edns else 0)
         end_question = 10 + len(query.question)
-        # RD from this client; RA set: we offer recursion whatever the upstream said.
-        reply = (query.data[:2] + bytes(((body[0] & 0xFE) | (query.flags >> 8 & 0x01), body[1] | 0x80)) + body[2:8]
+        # RD and CD from this client (RFC 4035 3.2.2: CD is copied); RA set: we offer
+        # recursion whatever the upstream said.
+        flags = bytes(((body[0] & 0xFE) | (query.flags >> 8 & 0x01), (body[1] & 0xEF) | 0x80 | (query.flags & 0x10)))
+        reply = (query.data[:2] + flags + body[2:8]
                  + _H.pack(arcount) + query.question + body[end_question:])
         if query.edns:
             ede = wire.ede_option(wire.EDE_STALE_ANSWER) if stale else b""
