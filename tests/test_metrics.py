@@ -76,9 +76,7 @@ def make_server(*, healthy: bool = True, policy: bool = True) -> SimpleNamespace
         SimpleNamespace(address="127.0.0.1:5354", healthy=False),
     ]
     upstreams = SimpleNamespace(servers=servers, any_healthy=lambda: any(s.healthy for s in servers))
-    holder = SimpleNamespace(
-        current=make_policy() if policy else None, last_success=1_700_000_000.5, last_error=""
-    )
+    holder = SimpleNamespace(current=make_policy() if policy else None, last_success=1_700_000_000.5, last_error="")
     events = SimpleNamespace(written=11, dropped=3, queue=collections.deque([1, 2]))
     return SimpleNamespace(
         stats=stats,
@@ -234,9 +232,7 @@ def test_promtool_check_metrics_accepts_exposition(running):
     m = running(config(per_device=True), make_server())
     body = get(m.port, "/metrics")[1]
     assert PROMTOOL, "promtool missing: apt-get install prometheus (tests/apt-packages.txt)"
-    result = subprocess.run(
-        [PROMTOOL, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
@@ -309,17 +305,13 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
 
@@ -430,7 +422,13 @@ def test_basic_auth_without_tls(tmp_path, running):
         ("tls_server_config:\n  cert_file: nope.pem\n  key_file: nope.key\n", 2, "cannot load cert_file"),
         ("basic_auth_users:\n  admin: hunter2\n", 2, "expected a bcrypt hash"),
         ("tls_config:\n  cert_file: a\n", 1, "tls_config: unknown key"),
-        ("http_server_config:\n  http2: true\n", 2, "HTTP/2 is not supported"),
+        ("http_server_config:\n  http2: true\n", 2, "http_server_config.http2: not supported"),
+        ("http_server_config:\n  http2: false\n  headers: {X-Frame-Options: deny}\n", 3, "headers: not supported"),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+            4,
+            "cipher_suites: not supported",
+        ),
         ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS10\n", 4, "min_version"),
         ("basic_auth_users: [a, b]\n", 1, "expected user: bcrypt-hash"),
     ],

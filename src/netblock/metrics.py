@@ -271,9 +271,7 @@ class NetblockCollector(Collector):
                 entries.add_metric([lst.name, lst.vendor, lst.action], counts.get(lst.name, 0))
         yield info
         yield entries
-        yield GaugeMetricFamily(
-            "netblock_policy_loaded", "1 once a policy is in force", value=int(policy is not None)
-        )
+        yield GaugeMetricFamily("netblock_policy_loaded", "1 once a policy is in force", value=int(policy is not None))
 
         reloads = CounterMetricFamily(
             "netblock_policy_reloads_total",
@@ -290,8 +288,7 @@ class NetblockCollector(Collector):
         )
         yield GaugeMetricFamily(
             "netblock_policy_last_reload_successful",
-            "1 if the last load or reload was accepted, 0 if it was refused "
-            "(the last good policy stays in force)",
+            "1 if the last load or reload was accepted, 0 if it was refused (the last good policy stays in force)",
             value=0 if getattr(holder, "last_error", "") else 1,
         )
 
@@ -353,10 +350,9 @@ _TLS_KEYS = {
     "client_auth_type",
     "min_version",
     "max_version",
-    "cipher_suites",
-    "curve_preferences",
     "prefer_server_cipher_suites",
 }
+_TLS_UNSUPPORTED = {"cipher_suites", "curve_preferences"}
 
 
 @dataclass
@@ -383,17 +379,29 @@ def load_web_config(path: str | Path) -> WebConfig:
     known = {"tls_server_config", "basic_auth_users", "http_server_config"}
     for key in data:
         if key not in known:
-            raise SourceError(
-                path, line_of(data, key), f"{key}: unknown key (known: {', '.join(sorted(known))})"
-            )
-    http = data.get("http_server_config") or {}
-    if isinstance(http, dict) and http.get("http2") is True:
-        # Only HTTP/1.x is served; refusing makes the operator's expectation explicit.
-        raise SourceError(path, line_of(http, "http2"), "http_server_config.http2: HTTP/2 is not supported")
+            raise SourceError(path, line_of(data, key), f"{key}: unknown key (known: {', '.join(sorted(known))})")
+    _check_http(data.get("http_server_config"), data, path)
     base = Path(path).parent
     context = _tls_context(data.get("tls_server_config"), data, path, base)
     users = _users(data.get("basic_auth_users"), data, path)
     return WebConfig(path=path, context=context, users=users)
+
+
+def _check_http(http: Any, data: Any, path: str) -> None:
+    if http is None:
+        return
+    if not isinstance(http, dict):
+        raise SourceError(path, line_of(data, "http_server_config"), "http_server_config: expected a mapping")
+    for key, value in http.items():
+        if key == "http2" and value is False:
+            continue  # what we do anyway
+        # Only HTTP/1.1 is served (no h2c path around auth); extra headers are not supported.
+        # Refusing beats ignoring: the operator learns at start-up, not from a scan.
+        raise SourceError(
+            path,
+            line_of(http, key),
+            f"http_server_config.{key}: not supported by netblock (HTTP/1.1 only, no extra headers)",
+        )
 
 
 def _tls_context(tls: Any, data: Any, path: str, base: Path) -> ssl.SSLContext | None:
@@ -402,6 +410,15 @@ def _tls_context(tls: Any, data: Any, path: str, base: Path) -> ssl.SSLContext |
     if not isinstance(tls, dict):
         raise SourceError(path, line_of(data, "tls_server_config"), "tls_server_config: expected a mapping")
     for key in tls:
+        if key in _TLS_UNSUPPORTED:
+            # Go cipher and curve names have no faithful OpenSSL mapping; ignoring them would
+            # leave the operator believing a restriction is in force.
+            raise SourceError(
+                path,
+                line_of(tls, key),
+                f"tls_server_config.{key}: not supported by netblock "
+                "(OpenSSL defaults apply; use min_version: TLS13 to restrict)",
+            )
         if key not in _TLS_KEYS:
             raise SourceError(path, line_of(tls, key), f"tls_server_config.{key}: unknown key")
     for key in ("cert_file", "key_file"):
@@ -458,6 +475,8 @@ def _tls_context(tls: Any, data: Any, path: str, base: Path) -> ssl.SSLContext |
                 path, line_of(tls, "client_ca_file"), f"tls_server_config.client_ca_file: {exc}"
             ) from None
         context.verify_mode = _CLIENT_AUTH[auth]
+    if tls.get("prefer_server_cipher_suites", True):
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(["http/1.1"])
     return context
 
@@ -466,9 +485,7 @@ def _users(raw: Any, data: Any, path: str) -> dict[str, bytes]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise SourceError(
-            path, line_of(data, "basic_auth_users"), "basic_auth_users: expected user: bcrypt-hash"
-        )
+        raise SourceError(path, line_of(data, "basic_auth_users"), "basic_auth_users: expected user: bcrypt-hash")
     users = {}
     for user, hashed in raw.items():
         if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
