@@ -164,7 +164,8 @@ def test_url_include_refreshes_the_policy_and_survives_a_restart(tmp_path: Path,
         count = len(swapped)
         list_server.change(b"one.example\ntwo.example\nfour.example\n", '"v2"')
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and holder.current.match_name("four.example") is None:
+        while time.monotonic() < deadline and (holder.current.match_name("four.example") is None
+                                               or holder.last_audit is None):
             time.sleep(0.1)
         assert holder.current.match_name("four.example") is not None
         assert holder.last_audit is not None

@@ -213,6 +213,12 @@ class PolicyHolder:
         """The config file again, for the policy section (other sections need a restart)."""
         if not self.config.path:
             return self.config
+        if not os.access(self.config.path, os.R_OK):
+            # After dropping privileges the config may be unreadable (or it was moved):
+            # the lists still reload, with the policy settings the server started with.
+            log.warning("config %s is not readable now; reloading the lists with the running settings",
+                        self.config.path)
+            return self.config
         try:
             fresh = load_config(self.config.path)
         except SourceError as exc:
@@ -281,6 +287,8 @@ class PolicyHolder:
         if self._threads:
             return
         self._stop.clear()
+        # Seen as the user we run as now (after a privilege drop some stats may fail).
+        self._fingerprint = self._watched()
         watcher = threading.Thread(target=self._watch, name="netblock-policy-watch", daemon=True)
         fetcher = threading.Thread(target=self._fetch, name="netblock-list-sources", daemon=True)
         self._threads = [watcher, fetcher]
