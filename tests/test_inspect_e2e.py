@@ -65,6 +65,7 @@ class Running:
             f" metrics_listen: '127.0.0.1:{METRICS_PORT}'}}\n"
         )
         ready = work / "ready"
+        ready.unlink(missing_ok=True)
         self.t = t
         self.proc = t.spawn(
             t.rtr,

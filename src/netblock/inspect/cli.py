@@ -15,9 +15,7 @@ from netblock.yamlsrc import SourceError
 
 
 def add_commands(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "inspect", help="packet inspector: server names, foreign DNS, DoT/DoH, vendor networks"
-    )
+    p = subparsers.add_parser("inspect", help="packet inspector: server names, foreign DNS, DoT/DoH, vendor networks")
     p.add_argument("-c", "--config", required=True, help="netblock configuration file")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--interface", "-i", help="capture on this interface (default: inspector.interface)")
@@ -31,13 +29,9 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("--queue-num", type=int, default=0, help="NFQUEUE number for --enforce nfqueue")
     p.add_argument("--no-rules", action="store_true", help="nfqueue: do not install the iptables rules")
-    p.add_argument(
-        "--nft-timeout", type=int, default=300, help="seconds a blocked pair/flow stays in the nft sets"
-    )
+    p.add_argument("--nft-timeout", type=int, default=300, help="seconds a blocked pair/flow stays in the nft sets")
     p.add_argument("--print-nft", action="store_true", help="print static nftables rules and exit")
-    p.add_argument(
-        "--duration", type=float, default=0.0, help="stop after this many seconds (0: run until signalled)"
-    )
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until signalled)")
     p.add_argument("--ready-file", help="write this file once capturing")
     p.add_argument("--json", action="store_true", help="--pcap: print each detection as a JSON line")
     p.set_defaults(func=run)

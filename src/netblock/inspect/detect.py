@@ -117,6 +117,10 @@ class Engine:
         self.packets = 0
         self._rules: dict[tuple[Rule, str], Rule] = {}
         self._fixed: dict[str, Rule] = {}
+        # Flows reset by enforcement -> until when; later client segments get resets again
+        # (the first pair may lose the race against the server's reply). Filled by the sink.
+        self.killed: dict[tuple[bytes, int, bytes, int], float] = {}
+        self.on_killed: Callable[[Packet], None] | None = None
 
     # -- the per-packet entry point -------------------------------------------------
     def handle(self, pkt: Packet) -> None:
@@ -148,6 +152,18 @@ class Engine:
                 rule = self.policy.match_ip(pkt.dst)
                 if rule is not None and rule.action != "allow":
                     self._address_once(pkt, "ip", rule)
+
+    def kill(self, pkt: Packet, seconds: float = 5.0) -> None:
+        """Remember a reset flow for follow-up resets from its later client segments."""
+        if len(self.killed) >= 1024:
+            del self.killed[next(iter(self.killed))]
+        self.killed[(pkt.src, pkt.sport, pkt.dst, pkt.dport)] = pkt.ts + seconds
+
+    def _follow_up(self, key: tuple[bytes, int, bytes, int], pkt: Packet) -> None:
+        if self.killed[key] < pkt.ts:
+            del self.killed[key]
+        elif self.on_killed is not None:
+            self.on_killed(pkt)
 
     def set_policy(self, policy: Policy, doh: Policy | None) -> None:
         """Swap in a reloaded policy: reference assignments, safe against the capture thread."""
@@ -187,6 +203,8 @@ class Engine:
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
         now = pkt.ts
         if self.decided.get(key, now) is not None:
+            if self.killed and key in self.killed:
+                self._follow_up(key, pkt)
             return
         payload = pkt.payload
         entry = self.streams.get(key, now)

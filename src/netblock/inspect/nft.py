@@ -75,7 +75,12 @@ class Nft:
 
 
 def dynamic_ruleset(timeout: int) -> str:
-    """Sets of (client, server) pairs and (client, server, protocol, port) flows."""
+    """Sets of (client, server) pairs, (client, server, protocol, port) services, and single
+    connections (client, protocol, client port, server, server port).
+
+    A connection entry rejects both directions with a TCP reset made by the kernel from the
+    packet it answers, so its sequence numbers are always right: whichever end speaks next
+    is reset, and nothing else on the shared server address is touched."""
     lines = [f"table inet {TABLE} {{"]
     for fam, addr in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
         lines.append(f"  set pair{fam} {{ type {addr} . {addr}; flags timeout; timeout {timeout}s; }}")
@@ -83,15 +88,24 @@ def dynamic_ruleset(timeout: int) -> str:
             f"  set flow{fam} {{ type {addr} . {addr} . inet_proto . inet_service; flags timeout; "
             f"timeout {timeout}s; }}"
         )
+        lines.append(
+            f"  set conn{fam} {{ type {addr} . inet_proto . inet_service . {addr} . inet_service; "
+            f"flags timeout; timeout {timeout}s; }}"
+        )
     lines.append("  chain forward {")
     lines.append("    type filter hook forward priority -10; policy accept;")
     for fam, ip in (("4", "ip"), ("6", "ip6")):
+        forward = f"{ip} saddr . meta l4proto . th sport . {ip} daddr . th dport @conn{fam}"
+        backward = f"{ip} daddr . meta l4proto . th dport . {ip} saddr . th sport @conn{fam}"
         lines += [
+            f"    {forward} meta l4proto tcp reject with tcp reset",
+            f"    {backward} meta l4proto tcp reject with tcp reset",
+            f"    {forward} drop",
+            f"    {backward} drop",
             f"    {ip} saddr . {ip} daddr @pair{fam} meta l4proto tcp reject with tcp reset",
             f"    {ip} saddr . {ip} daddr @pair{fam} drop",
             f"    {ip} daddr . {ip} saddr @pair{fam} drop",
-            f"    {ip} saddr . {ip} daddr . meta l4proto . th dport @flow{fam} meta l4proto tcp "
-            "reject with tcp reset",
+            f"    {ip} saddr . {ip} daddr . meta l4proto . th dport @flow{fam} meta l4proto tcp reject with tcp reset",
             f"    {ip} saddr . {ip} daddr . meta l4proto . th dport @flow{fam} drop",
             f"    {ip} daddr . {ip} saddr . meta l4proto . th sport @flow{fam} drop",
         ]
@@ -114,9 +128,7 @@ class NftSets:
         self._thread = threading.Thread(target=self._run, name="inspect-nft", daemon=True)
 
     def install(self) -> None:
-        ok, err = self.nft.run(
-            f"add table inet {TABLE}\ndelete table inet {TABLE}\n" + dynamic_ruleset(self.timeout)
-        )
+        ok, err = self.nft.run(f"add table inet {TABLE}\ndelete table inet {TABLE}\n" + dynamic_ruleset(self.timeout))
         if not ok:
             raise RuntimeError(f"nft: cannot install table inet {TABLE}: {err.strip()}")
         self._thread.start()
@@ -132,16 +144,25 @@ class NftSets:
         fam = "4" if len(client) == 4 else "6"
         self._queue(f"pair{fam}", f"{_ip(client)} . {_ip(server)}", timeout)
 
-    def block_flow(
-        self, client: bytes, server: bytes, protocol: str, port: int, timeout: int | None = None
-    ) -> None:
+    def block_flow(self, client: bytes, server: bytes, protocol: str, port: int, timeout: int | None = None) -> None:
         fam = "4" if len(client) == 4 else "6"
         self._queue(f"flow{fam}", f"{_ip(client)} . {_ip(server)} . {protocol} . {port}", timeout)
 
+    def block_connection(
+        self,
+        client: bytes,
+        protocol: str,
+        client_port: int,
+        server: bytes,
+        server_port: int,
+        timeout: int | None = None,
+    ) -> None:
+        fam = "4" if len(client) == 4 else "6"
+        element = f"{_ip(client)} . {protocol} . {client_port} . {_ip(server)} . {server_port}"
+        self._queue(f"conn{fam}", element, timeout or min(self.timeout, 120))
+
     def _queue(self, set_name: str, element: str, timeout: int | None) -> None:
-        self.queue.append(
-            f"add element inet {TABLE} {set_name} {{ {element} timeout {timeout or self.timeout}s }}"
-        )
+        self.queue.append(f"add element inet {TABLE} {set_name} {{ {element} timeout {timeout or self.timeout}s }}")
         self._wake.set()
 
     def _run(self) -> None:
@@ -167,9 +188,7 @@ def _ip(packed: bytes) -> str:
     return str(ipaddress.ip_address(packed))
 
 
-def static_ruleset(
-    resolvers: Iterable[str], doh_networks: Iterable[str], blocked_networks: Iterable[str]
-) -> str:
+def static_ruleset(resolvers: Iterable[str], doh_networks: Iterable[str], blocked_networks: Iterable[str]) -> str:
     """Rules that need no packet inspection: DNS only to netblock, no DoT/DoQ, no DoH
     resolvers, nothing to blocked ranges. For a gateway's forward path."""
 

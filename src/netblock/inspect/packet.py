@@ -98,13 +98,7 @@ def decode(frame: bytes, linktype: int = LINK_ETHERNET, ts: float = 0.0) -> Pack
             return None
         if linktype in (LINK_RAW, LINK_RAW_BSD, LINK_RAW_OPENBSD, LINK_IPV4, LINK_IPV6):
             version = frame[0] >> 4
-            return (
-                _ipv4(frame, 0, ts, mac)
-                if version == 4
-                else _ipv6(frame, 0, ts, mac)
-                if version == 6
-                else None
-            )
+            return _ipv4(frame, 0, ts, mac) if version == 4 else _ipv6(frame, 0, ts, mac) if version == 6 else None
         if linktype == LINK_SLL:
             ethertype = (frame[14] << 8) | frame[15]
             if ((frame[4] << 8) | frame[5]) == 6:

@@ -7,6 +7,7 @@ Runs in the capture loop, so everything here is an int increment, a deque append
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,8 @@ class Sink:
         # The newest detections, for `--pcap` output and tests; bounded.
         self.recent: collections.deque[Detection] = collections.deque(maxlen=keep or 1)
         self.keep = keep
+        self.engine: Any = None  # set by the runner: follow-up resets from later segments
+        self.latencies: list[float] = []
 
     def __call__(self, det: Detection) -> None:
         self.count += 1
@@ -67,13 +70,21 @@ class Sink:
                 self.resetter.refuse_syn(pkt)
             else:
                 self.resetter.reset_flow(pkt, det.end_seq)
+                if len(self.latencies) < 10_000:
+                    # receive -> resets sent (live capture stamps packets at receive time)
+                    self.latencies.append(time.time() - pkt.ts)
+                if self.engine is not None:
+                    self.engine.kill(pkt)
                 if self.killer is not None:
                     self.killer.add(pkt)
         if self.sets is None:
             return
+        proto = "tcp" if tcp else "udp"
         if det.stage == "ip":
             self.sets.block_pair(pkt.src, pkt.dst)  # a listed range: every port
-        elif not tcp or self.resetter is None or det.stage not in NAMED:
-            # UDP (QUIC, DoQ, foreign DNS) cannot be reset; TCP only when no resets are sent,
-            # since a (client, server, port) entry also hits other names on a shared IP.
-            self.sets.block_flow(pkt.src, pkt.dst, "tcp" if tcp else "udp", pkt.dport)
+        elif det.stage in NAMED and not (tcp and pkt.flags & SYN):
+            # This connection only: another name on the same (shared, CDN) address still works.
+            self.sets.block_connection(pkt.src, proto, pkt.sport, pkt.dst, pkt.dport)
+        else:
+            # DoT, DoQ, DoH by address, foreign DNS: this client's use of that service.
+            self.sets.block_flow(pkt.src, pkt.dst, proto, pkt.dport)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import select
 import socket
 import struct
@@ -56,9 +57,7 @@ class Resetter:
     def __init__(self) -> None:
         self.sock4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
-            self.sock6: socket.socket | None = socket.socket(
-                socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW
-            )
+            self.sock6: socket.socket | None = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
         except OSError:
             self.sock6 = None
         self.sent = 0
@@ -79,12 +78,8 @@ class Resetter:
 
         To the server: from the client, at the client's next sequence number.
         To the client: from the server, at the client's rcv_nxt (the ack it sent)."""
-        self._send(
-            tcp_segment(pkt.src, pkt.dst, pkt.sport, pkt.dport, client_next, pkt.ack, RST | ACK), pkt.dst
-        )
-        self._send(
-            tcp_segment(pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, client_next, RST | ACK), pkt.src
-        )
+        self._send(tcp_segment(pkt.src, pkt.dst, pkt.sport, pkt.dport, client_next, pkt.ack, RST | ACK), pkt.dst)
+        self._send(tcp_segment(pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, client_next, RST | ACK), pkt.src)
 
     def refuse_syn(self, pkt: Packet) -> None:
         """Answer a client's SYN as a closed port would: RST+ACK acknowledging it."""
@@ -96,13 +91,9 @@ class Resetter:
         if pkt.flags & RST:
             return
         following = pkt.seq + length
-        self._send(
-            tcp_segment(pkt.src, pkt.dst, pkt.sport, pkt.dport, following, pkt.ack, RST | ACK), pkt.dst
-        )
+        self._send(tcp_segment(pkt.src, pkt.dst, pkt.sport, pkt.dport, following, pkt.ack, RST | ACK), pkt.dst)
         if pkt.flags & ACK:
-            self._send(
-                tcp_segment(pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, following, RST | ACK), pkt.src
-            )
+            self._send(tcp_segment(pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, following, RST | ACK), pkt.src)
 
     def close(self) -> None:
         self.sock4.close()
@@ -126,23 +117,36 @@ class Killer:
         self._pending: list[tuple[bytes, int, bytes, int]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._changed = threading.Event()
+        # A pipe, not an Event: the worker sleeps in select() on its socket and must wake at
+        # once; a ServerHello is ~1 ms behind the ClientHello on a LAN.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=self._run, name="inspect-killer", daemon=True)
         self.resent = 0
 
     def start(self) -> None:
+        compile_bpf("tcp and less 1")  # import and warm libpcap now, not during the first race
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._changed.set()
+        self._wake()
         self._thread.join(timeout=2)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # already awake
 
     def add(self, pkt: Packet) -> None:
         """Called from the capture loop: a list append, nothing more."""
         with self._lock:
             self._pending.append((pkt.src, pkt.sport, pkt.dst, pkt.dport))
-        self._changed.set()
+        self._wake()
 
     def _expression(self) -> str:
         parts = [
@@ -179,20 +183,26 @@ class Killer:
     def _run(self) -> None:
         sock: socket.socket | None = None
         next_refresh = 0.0
+        changed = False
         while not self._stop.is_set():
-            if self._changed.is_set() or (self.flows and time.monotonic() > next_refresh):
-                self._changed.clear()
+            if changed or (self.flows and time.monotonic() > next_refresh):
+                changed = False
                 try:
                     sock = self._refresh(sock)
                 except OSError as exc:
                     log.warning("follow-up reset socket: %s", exc)
                     sock = None
                 next_refresh = time.monotonic() + 1.0
-            if sock is None:
-                self._changed.wait(0.5)
-                continue
-            ready, _, _ = select.select([sock], [], [], 0.1)
-            if not ready:
+            watched: list[int | socket.socket] = [self._wake_r] if sock is None else [self._wake_r, sock]
+            ready, _, _ = select.select(watched, [], [], 0.5)
+            if self._wake_r in ready:
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                changed = True
+            if sock is None or sock not in ready:
                 continue
             for _ in range(64):
                 try:

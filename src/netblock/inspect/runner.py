@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,11 +42,7 @@ def load(config: Config) -> Loaded:
     """Policy (same lists as the DNS server), DoH list, and netblock's own addresses."""
     policy, errors = build_policy(config)
     if policy is None:
-        raise (
-            SourceError(errors[0].path, errors[0].line, errors[0].message)
-            if errors
-            else RuntimeError("no policy")
-        )
+        raise (SourceError(errors[0].path, errors[0].line, errors[0].message) if errors else RuntimeError("no policy"))
     doh: Policy | None = None
     doh_name = "doh-resolvers"
     path = config.resolve(config.inspector.doh_list) if config.inspector.doh_list else None
@@ -126,6 +123,10 @@ class Inspector:
 
     # -- enforcement set-up and tear-down --------------------------------------------
     def _start_enforcement(self, interface: str) -> None:
+        if self.enforce:
+            # Resets race the server's reply (~1 ms on a LAN): when a packet arrives the
+            # capture thread must get the GIL back from the writer threads quickly.
+            sys.setswitchinterval(0.0005)
         if "rst" in self.enforce or "nfqueue" in self.enforce:
             from netblock.inspect.rst import Killer, Resetter
 
@@ -140,6 +141,9 @@ class Inspector:
             self.sets.install()
             log.info("nft sets installed (%s)", self.sets.nft.backend)
         self.sink.resetter = self.resetter if "rst" in self.enforce else None
+        if self.sink.resetter is not None:
+            self.sink.engine = self.engine
+            self.engine.on_killed = self.resetter.reset_from
         self.sink.killer = self.killer
         self.sink.sets = self.sets
 
@@ -154,9 +158,7 @@ class Inspector:
 
         metrics = dataclasses.replace(self.config.metrics, listen=listen, enabled=True)
         config = dataclasses.replace(self.config, metrics=metrics)
-        self.metrics = MetricsServer(
-            config, types.SimpleNamespace(stats=self.stats, started=self.stats.started)
-        )
+        self.metrics = MetricsServer(config, types.SimpleNamespace(stats=self.stats, started=self.stats.started))
         self.metrics.start()
 
     def _stop_enforcement(self) -> None:
@@ -291,9 +293,7 @@ class Inspector:
             self._stop_enforcement()
             if self.events is not None:
                 self.events.stop()
-        return self.summary(
-            accepted=self.verdicts.accepted, dropped=self.verdicts.dropped, errors=self.verdicts.errors
-        )
+        return self.summary(accepted=self.verdicts.accepted, dropped=self.verdicts.dropped, errors=self.verdicts.errors)
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -304,6 +304,13 @@ class Inspector:
         }
         if self.resetter is not None:
             out["resets_sent"] = self.resetter.sent
+        if self.enforce and self.sink.latencies:
+            ordered = sorted(self.sink.latencies)
+            out["enforce_latency_us"] = {
+                "median": round(ordered[len(ordered) // 2] * 1e6),
+                "max": round(ordered[-1] * 1e6),
+                "count": len(ordered),
+            }
         if self.killer is not None:
             out["follow_up_resets"] = self.killer.resent
         if self.sets is not None:
