@@ -33,12 +33,8 @@ SCENARIOS = {
     "tls12_v4": lambda t: t.s_client(topo.SRV4, "-tls1_2", "-servername", "weixin.qq.com").returncode,
     "tls12_v6": lambda t: t.s_client(topo.SRV6, "-tls1_2", "-servername", "a.weixin.qq.com").returncode,
     "no_sni": lambda t: t.s_client(topo.SRV4, "-noservername").returncode,
-    "split_v4": lambda t: t.curl(
-        "https://weixin.qq.com/", "weixin.qq.com", topo.SRV4, "--interface", topo.SPLIT4
-    ),
-    "split_v6": lambda t: t.curl(
-        "https://weixin.qq.com/", "weixin.qq.com", topo.SRV6, "--interface", topo.SPLIT6
-    ),
+    "split_v4": lambda t: t.curl("https://weixin.qq.com/", "weixin.qq.com", topo.SRV4, "--interface", topo.SPLIT4),
+    "split_v6": lambda t: t.curl("https://weixin.qq.com/", "weixin.qq.com", topo.SRV6, "--interface", topo.SPLIT6),
     "http": lambda t: t.curl("http://dl.kaspersky.com/", "Dl.Kaspersky.com", topo.SRV4),
     "quic_v1": lambda t: t.quic(topo.SRV4, "weixin.qq.com", "v1"),
     "quic_v2": lambda t: t.quic(topo.SRV4, "weixin.qq.com", "v2"),
@@ -151,9 +147,7 @@ def test_http_host(captures, config) -> None:  # type: ignore[no-untyped-def]
 )
 def test_quic(captures, config, scenario: str, version: int, client: str) -> None:  # type: ignore[no-untyped-def]
     found, _ = inspect(config, captures[scenario])
-    assert [(d.stage, d.name, d.version, d.client_ip) for d in found] == [
-        ("quic", "weixin.qq.com", version, client)
-    ]
+    assert [(d.stage, d.name, d.version, d.client_ip) for d in found] == [("quic", "weixin.qq.com", version, client)]
     if scenario == "quic_two_initials":
         assert len(found[0].alpn) == 47  # the whole hello, from both Initials
 

@@ -177,9 +177,7 @@ def test_enforcement_end_to_end(net: topo.Topology, mode: str, tmp_path: Path) -
     if mode == "rst,nft":
         assert summary["resets_sent"] >= 8 and summary["nft_elements"] >= 1 and summary["nft_errors"] == 0
         # The dynamic table goes away with the inspector: nothing stays blocked by accident.
-        assert (
-            net.ns(net.rtr, "nft", "list", "table", "inet", "netblock_inspect", check=False).returncode != 0
-        )
+        assert net.ns(net.rtr, "nft", "list", "table", "inet", "netblock_inspect", check=False).returncode != 0
     else:
         assert summary["dropped"] >= 5 and summary["errors"] == 0
         assert "NBINSPECT" not in net.ns(net.rtr, "iptables", "-S").stdout
@@ -223,8 +221,7 @@ def test_live_capture_keeps_up_with_20k_hellos_per_second(net: topo.Topology, tm
         summary = running.stop()
     offered = int(sent) / float(elapsed)
     print(
-        f"live: offered {offered:,.0f} hellos/s, inspected {summary['packets']}, kernel drops "
-        f"{summary['kernel_drops']}"
+        f"live: offered {offered:,.0f} hellos/s, inspected {summary['packets']}, kernel drops {summary['kernel_drops']}"
     )
     assert offered >= rate * 0.9
     assert summary["kernel_drops"] == 0
@@ -235,9 +232,7 @@ def test_live_capture_keeps_up_with_20k_hellos_per_second(net: topo.Topology, tm
 def test_print_nft_rules_load_and_block_foreign_dns(net: topo.Topology, tmp_path: Path) -> None:
     lists = tmp_path / "lists"
     lists.mkdir()
-    (lists / "ranges.yaml").write_text(
-        "name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n"
-    )
+    (lists / "ranges.yaml").write_text("name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n")
     config = tmp_path / "netblock.yaml"
     config.write_text(
         f"policy: {{lists: ['{lists}/*.yaml', '{REPO}/blocklists/doh-resolvers.yaml'], watch: false}}\n"
@@ -267,9 +262,7 @@ def test_print_nft_rules_load_and_block_foreign_dns(net: topo.Topology, tmp_path
         )
         # ICMP admin-prohibited from the router (EHOSTUNREACH), not the server's reset.
         assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "53", check=False).stdout.startswith("error")
-        assert (
-            net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "853", check=False).stdout.strip() == "refused"
-        )
+        assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "853", check=False).stdout.strip() == "refused"
         assert net.ns(net.cli, topo.PY, "-c", probe, topo.SRV4, "443", check=False).stdout.strip() == "open"
         counters = net.ns(net.rtr, "nft", "list", "table", "inet", "netblock_static").stdout
         assert "packets 0" not in counters.split("th dport 53")[1].splitlines()[0]

@@ -165,15 +165,7 @@ def test_tls_record_fragmentation(size: int) -> None:
 
 def _synthetic_hello(extensions: list[tuple[int, bytes]]) -> bytes:
     exts = b"".join(t.to_bytes(2, "big") + len(d).to_bytes(2, "big") + d for t, d in extensions)
-    body = (
-        b"\x03\x03"
-        + bytes(32)
-        + b"\x00"
-        + b"\x00\x02\x13\x01"
-        + b"\x01\x00"
-        + len(exts).to_bytes(2, "big")
-        + exts
-    )
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + len(exts).to_bytes(2, "big") + exts
     handshake = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + len(handshake).to_bytes(2, "big") + handshake
 
@@ -184,9 +176,7 @@ def _sni_ext(name: str) -> tuple[int, bytes]:
 
 
 def test_tls_ech_and_esni_flags() -> None:
-    status, hello = tls.parse_stream(
-        _synthetic_hello([_sni_ext("cloudflare-ech.com"), (0xFE0D, b"\x00\x00\x01")])
-    )
+    status, hello = tls.parse_stream(_synthetic_hello([_sni_ext("cloudflare-ech.com"), (0xFE0D, b"\x00\x00\x01")]))
     assert status == tls.OK and hello is not None and hello.ech == 0 and hello.sni == "cloudflare-ech.com"
     status, hello = tls.parse_stream(_synthetic_hello([(0xFFCE, b"\x00"), (0x0A0A, b"")]))
     assert status == tls.OK and hello is not None and hello.esni and hello.ech is None and hello.sni is None
@@ -275,9 +265,7 @@ def test_split_hello_out_of_order_is_caught(config) -> None:  # type: ignore[no-
 
 def test_label_boundaries_and_allow_carve_out(config) -> None:  # type: ignore[no-untyped-def]
     engine, found = engine_for(config, enforcing=True)
-    for port, name in enumerate(
-        ["notweixin.qq.com", "work.weixin.qq.com", "x.weixin.qq.com", "www.example.org"]
-    ):
+    for port, name in enumerate(["notweixin.qq.com", "work.weixin.qq.com", "x.weixin.qq.com", "www.example.org"]):
         feed(engine, gen.tcp(CLIENT, SERVER, 41000 + port, 443, 1, 1, 0x18, gen.client_hello(name)))
     assert [(d.name, d.rule.action) for d in found] == [("x.weixin.qq.com", "block")]
 
@@ -341,9 +329,7 @@ def test_foreign_dns_dot_doq_and_doh(config) -> None:  # type: ignore[no-untyped
 def test_blocked_network_syn(tmp_path: Path) -> None:
     lists = tmp_path / "lists"
     lists.mkdir()
-    (lists / "ranges.yaml").write_text(
-        "name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n"
-    )
+    (lists / "ranges.yaml").write_text("name: ranges\naction: block\nnetworks: [192.0.2.0/24, 2001:db8:77::/48]\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"policy: {{lists: [{lists}/*.yaml], watch: false}}\ninspector: {{doh_list: ''}}\n")
     engine, found = engine_for(load_config(cfg), enforcing=True)
@@ -503,9 +489,7 @@ def test_cli_bad_doh_list_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "doh.yaml"
     bad.write_text("name: doh\ndomains:\n  - 'not a name!'\n")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        f"policy: {{lists: [{REPO}/blocklists/*.yaml], watch: false}}\ninspector: {{doh_list: {bad}}}\n"
-    )
+    cfg.write_text(f"policy: {{lists: [{REPO}/blocklists/*.yaml], watch: false}}\ninspector: {{doh_list: {bad}}}\n")
     done = subprocess.run(
         [sys.executable, "-m", "netblock.inspect.cli", "inspect", "-c", str(cfg), "--pcap", "/dev/null"],
         capture_output=True,
@@ -524,8 +508,7 @@ def test_reload_swaps_lists_and_keeps_them_on_errors(tmp_path: Path) -> None:
     vendor.write_text("name: vendor\ndomains: [old.example]\n")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"policy: {{lists: [{lists}/*.yaml], watch: false}}\nevents: {{enabled: false}}\n"
-        "inspector: {doh_list: ''}\n"
+        f"policy: {{lists: [{lists}/*.yaml], watch: false}}\nevents: {{enabled: false}}\ninspector: {{doh_list: ''}}\n"
     )
     inspector = Inspector(load_config(cfg), (), keep=10)
 

@@ -107,9 +107,7 @@ def ip_packet(src: bytes, dst: bytes, proto: int, l4: bytes) -> bytes:
     return struct.pack("!IHBB16s16s", 0x60000000, len(l4), proto, 64, src, dst) + l4
 
 
-def tcp(
-    src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b""
-) -> bytes:
+def tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
     segment = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
     return ip_packet(src, dst, 6, segment)
 
@@ -132,9 +130,7 @@ def write_pcap(path: Path, frames: list[bytes], linktype: int = 1) -> None:
     with path.open("wb") as out:
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
         for i, frame in enumerate(frames):
-            out.write(
-                struct.pack("<IIII", 1_700_000_000 + i // 1000, (i % 1000) * 1000, len(frame), len(frame))
-            )
+            out.write(struct.pack("<IIII", 1_700_000_000 + i // 1000, (i % 1000) * 1000, len(frame), len(frame)))
             out.write(frame)
 
 
@@ -199,7 +195,6 @@ def write_pcapng(path: Path, frames: list[tuple[float, bytes]], linktype: int = 
             out.write(
                 block(
                     0x00000006,
-                    struct.pack("<IIIII", 0, micros >> 32, micros & 0xFFFFFFFF, len(frame), len(frame))
-                    + frame,
+                    struct.pack("<IIIII", 0, micros >> 32, micros & 0xFFFFFFFF, len(frame), len(frame)) + frame,
                 )
             )

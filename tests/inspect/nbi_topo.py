@@ -17,9 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-PY = (
-    str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
-)
+PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 
 CLI4, RTR4_C, RTR4_S, SRV4 = "10.200.1.2", "10.200.1.1", "10.200.2.1", "10.200.2.2"
 CLI6, RTR6_C, RTR6_S, SRV6 = "fd00:200:1::2", "fd00:200:1::1", "fd00:200:2::1", "fd00:200:2::2"
@@ -112,9 +110,7 @@ class Topology:
         self.ns(ns, "ip", "link", "set", dev, "up")
 
     # -- running things --------------------------------------------------------------
-    def ns(
-        self, ns: str, *args: str, check: bool = True, timeout: float = 20
-    ) -> subprocess.CompletedProcess[str]:
+    def ns(self, ns: str, *args: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
 
     def spawn(
