@@ -132,6 +132,13 @@ def test_refusals_keep_the_last_good_policy(setup, damage: str, reason: str) -> 
     assert holder.current.match_name("feed5.example") is not None
 
 
+def test_renamed_list_file_is_not_a_deletion(setup) -> None:
+    lists, holder, _ = setup
+    (lists / "base.yaml").rename(lists / "renamed.yaml")
+    assert holder.reload() is True
+    assert holder.last_audit is not None and holder.last_audit.changes == []
+
+
 def test_lint_diff_shows_the_same_record(tmp_path: Path) -> None:
     old = tmp_path / "old"
     shutil.copytree(ROOT / "blocklists", old)

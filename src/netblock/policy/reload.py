@@ -196,7 +196,8 @@ class PolicyHolder:
                 problem = refusal(old, policy, config.policy.max_shrink)
                 if problem:
                     return self._refuse(problem)
-                if policy.digest == old.digest:
+                if policy.digest == old.digest and [lst.path for lst in policy.lists] == [
+                        lst.path for lst in old.lists]:
                     self.last_error = ""
                     self.last_success = time.time()
                     self._count("reload_successes")
@@ -330,9 +331,10 @@ class PolicyHolder:
 
 def refusal(old: Policy, new: Policy, max_shrink: float) -> str:
     """Why a new policy must not replace the old one ('' if it may)."""
-    new_paths = {lst.path for lst in new.lists}
+    # By list name, not path: a renamed file with the same list inside is no loss.
+    new_names = {lst.name for lst in new.lists}
     for lst in old.lists:
-        if lst.path not in new_paths:
+        if lst.name not in new_names:
             return f"list file {lst.path} ({lst.name}) was deleted or no longer matches policy.lists"
     problem = shrink_problem(old, new, max_shrink)
     if problem:
