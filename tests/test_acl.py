@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from harness import Netblock, Nsd, free_port
 from netblock.config import PRIVATE_NETWORKS, Access, RateLimit
 from netblock.dns.admit import Admission
 from test_reliability_tools import metric, scrape
+
+from harness import Netblock, Nsd, free_port
 
 ROOT = os.geteuid() == 0
 

@@ -14,7 +14,6 @@ import dns.message
 import dns.rcode
 import pytest
 
-from harness import Netblock, Nsd
 from test_reliability_tools import (
     QNAME,
     Unbound,
@@ -29,6 +28,8 @@ from test_reliability_tools import (
     tcp_frames,
     wire_name,
 )
+
+from harness import Netblock, Nsd
 
 FORMERR, NOTIMP, REFUSED, BADVERS = 1, 4, 5, 16
 BLOCKED_Q = question(wire_name("weixin.qq.com"))

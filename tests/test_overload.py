@@ -15,7 +15,6 @@ import dns.edns
 import dns.message
 import dns.rcode
 
-from harness import Netblock, Nsd
 from test_reliability_tools import (
     FakeUpstream,
     answer_a,
@@ -29,6 +28,8 @@ from test_reliability_tools import (
     scrape,
     wire_name,
 )
+
+from harness import Netblock, Nsd
 
 CAP = 50
 TIMEOUT = 1.0

@@ -15,8 +15,9 @@ import dns.query
 import dns.rcode
 import pytest
 
-from harness import Netblock, Nsd, free_port, wait_for
 from test_reliability_tools import metric, scrape, status_fields
+
+from harness import Netblock, Nsd, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="privilege drop is tested when started as root (CI)")

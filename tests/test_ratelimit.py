@@ -12,10 +12,11 @@ import dns.query
 import dns.rcode
 import pytest
 
-from harness import Netblock, Nsd
 from netblock.config import Access, RateLimit
 from netblock.dns.admit import Admission
 from test_reliability_tools import metric, scrape
+
+from harness import Netblock, Nsd
 
 LIMIT = 20
 

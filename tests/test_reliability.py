@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import Netblock, Nsd
 from test_reliability_tools import exchange, header, question
+
+from harness import Netblock, Nsd
 
 GOOD = """name: good
 domains: [weixin.qq.com]

@@ -24,8 +24,9 @@ import dns.message
 import dns.rcode
 import pytest
 
-from harness import Netblock, Nsd, free_port
 from test_reliability_tools import FakeUpstream, answer_a, blast, header, metric, question, scrape, wire_name
+
+from harness import Netblock, Nsd, free_port
 
 POISON = b"\x06\x06\x06\x06"
 ZONE = """$ORIGIN spoof.test.

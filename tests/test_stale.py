@@ -10,8 +10,9 @@ import dns.edns
 import dns.message
 import dns.rcode
 
-from harness import Netblock, Nsd
 from test_reliability_tools import metric, scrape
+
+from harness import Netblock, Nsd
 
 ZONE = """$ORIGIN stale.test.
 $TTL 1
