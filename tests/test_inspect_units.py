@@ -538,3 +538,35 @@ def test_notes_are_counted_as_metrics(config) -> None:  # type: ignore[no-untype
     assert pkt is not None
     inspector.engine.handle(pkt)
     assert inspector.stats.inspector_detections == {("no-sni", "inspector"): 1}
+
+
+def test_reset_segments_have_valid_checksums() -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    from netblock.inspect.rst import tcp_segment
+
+    raw4 = tcp_segment(CLIENT, SERVER, 40000, 443, 0xFFFFFFFF + 5, 77, 0x14)
+    packet4 = IP(raw4)
+    assert packet4[TCP].seq == 4 and packet4[TCP].ack == 77 and packet4[TCP].flags == "RA"
+    fresh = IP(raw4)
+    del fresh[TCP].chksum
+    assert IP(bytes(fresh))[TCP].chksum == packet4[TCP].chksum
+    raw6 = tcp_segment(CLIENT6, SERVER6, 40000, 443, 1, 2, 0x04)
+    packet6 = IPv6(raw6)
+    fresh6 = IPv6(raw6)
+    del fresh6[TCP].chksum
+    assert IPv6(bytes(fresh6))[TCP].chksum == packet6[TCP].chksum and packet6[TCP].flags == "R"
+
+
+def test_follow_up_resets_for_later_segments_of_a_killed_flow(config) -> None:  # type: ignore[no-untyped-def]
+    engine, found = engine_for(config, enforcing=True)
+    followed: list[int] = []
+    engine.on_killed = lambda pkt: followed.append(pkt.seq)
+    hello = gen.client_hello("weixin.qq.com")
+    feed(engine, gen.tcp(CLIENT, SERVER, 50000, 443, 100, 9, 0x18, hello))
+    assert len(found) == 1
+    engine.kill(found[0].pkt)
+    feed(engine, gen.tcp(CLIENT, SERVER, 50000, 443, 100 + len(hello), 900, 0x18, b"\x14\x03\x03\x00\x01\x01"))
+    feed(engine, gen.tcp(CLIENT, SERVER, 50001, 443, 5, 9, 0x18, b"\x17\x03\x03\x00\x01\x01"))  # another flow
+    assert followed == [100 + len(hello)]
