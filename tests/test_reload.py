@@ -95,7 +95,8 @@ def test_valid_edit_takes_effect_within_two_seconds(server: Netblock, lists: Pat
     ("empty", "empty list file"),
     ("deleted", "was deleted"),
     ("shrink", "shrinks from 4 to 1"),
-    ("guard", "covers the guard 'qq.com'"),
+    ("guard", "covers the guard 'qpic.cn'"),
+    ("guard-apex", "covers the guard 'qq.com'"),
 ])
 def test_bad_edit_keeps_the_old_policy(server: Netblock, lists: Path, damage: str, reason: str) -> None:
     path = lists / "test.yaml"
@@ -109,6 +110,8 @@ def test_bad_edit_keeps_the_old_policy(server: Netblock, lists: Path, damage: st
     elif damage == "shrink":
         path.write_text(LIST.split("  - a.blocked.test")[0])  # 4 entries -> 1: more than half gone
     elif damage == "guard":
+        path.write_text(LIST + "  - mail.example.test\n  - qpic.cn\n")
+    elif damage == "guard-apex":
         path.write_text(LIST + "  - mail.example.test\n  - qq.com\n")
     line = _refused(server, before)
     assert reason in line
@@ -117,7 +120,7 @@ def test_bad_edit_keeps_the_old_policy(server: Netblock, lists: Path, damage: st
     metrics = urllib.request.urlopen(url, timeout=5).read().decode()
     assert "netblock_policy_last_reload_successful 0.0" in metrics
     assert 'netblock_policy_reloads_total{result="failure"} 1.0' in metrics
-    if damage in ("yaml", "guard"):
+    if damage in ("yaml", "guard", "guard-apex"):
         assert str(path) + ":" in line  # file:line
     # The old policy is in force: the blocked probe is still blocked, the edit did not land.
     assert _rcode(server, BLOCKED) == dns.rcode.NXDOMAIN
@@ -138,11 +141,12 @@ def _lint(*args: object) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-def test_lint_fails_on_the_guard_violation_with_file_line(lists: Path) -> None:
-    (lists / "test.yaml").write_text(LIST + "  - qpic.cn\n")
+@pytest.mark.parametrize("guard", ["qpic.cn", "qq.com"])
+def test_lint_fails_on_the_guard_violation_with_file_line(lists: Path, guard: str) -> None:
+    (lists / "test.yaml").write_text(LIST + f"  - {guard}\n")
     result = _lint(lists)
     assert result.returncode == 1
-    assert f"{lists / 'test.yaml'}:9: 'qpic.cn' covers the guard 'qpic.cn'" in result.stderr
+    assert f"{lists / 'test.yaml'}:9: '{guard}' covers the guard '{guard}'" in result.stderr
     # As an exact host under the guard it is fine.
     (lists / "test.yaml").write_text(LIST + "exact:\n  - mmbiz.qpic.cn\n")
     result = _lint(lists)

@@ -335,8 +335,10 @@ def _rpz_line(line: str, out: Parsed, path: str, number: int, state: _RpzState) 
     if fields[0].upper() == "$ORIGIN":
         state.origin = fields[1].lower().rstrip(".") if len(fields) > 1 else ""
         return
+    if fields[0].upper() == "$INCLUDE":
+        raise NameError_("$INCLUDE is not followed: a feed must be one file")
     if fields[0].startswith("$"):
-        return  # $TTL, $INCLUDE (not followed: a feed must be one file)
+        return  # $TTL
     if line[:1] in (" ", "\t"):
         owner = state.owner
     else:
