@@ -48,6 +48,7 @@ class Topology:
     # -- set-up ----------------------------------------------------------------------
     def up(self) -> Topology:
         for ns in (self.cli, self.rtr, self.srv):
+            sh("ip", "netns", "del", ns, check=False)  # left over by a killed run with our PID
             sh("ip", "netns", "add", ns)
             self.ns(ns, "ip", "link", "set", "lo", "up")
         sh(
