@@ -31,6 +31,16 @@ for tcp in (False, True):
         print(dns.rcode.to_text(r.rcode()))
     except Exception as exc:
         print("no-answer", type(exc).__name__)
+import socket
+for bad in (bytes.fromhex("12347900000100000000000000000100 01".replace(" ", "")),  # opcode 15
+            bytes.fromhex("123401000000000000000000")):  # qdcount 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1.0)
+        sock.sendto(bad, (host, port))
+        try:
+            print("answered", sock.recv(512)[3] & 15)
+        except OSError as exc:
+            print("no-answer", type(exc).__name__)
 """
 
 
@@ -66,12 +76,14 @@ class Namespace:
         subprocess.run(["ip", "link", "del", self.outer], capture_output=True, timeout=10)
 
     def ask(self, port: int) -> list[str]:
-        """UDP then TCP query from inside the namespace: rcode text or 'no-answer'."""
+        """UDP then TCP query from inside the namespace: rcode text or 'no-answer'; then two
+        malformed packets, which must never be echoed to a client we do not serve (reflection)."""
         command = ["ip", "netns", "exec", self.name, sys.executable, "-c", CLIENT, self.host_address,
                    str(port)]
         out = subprocess.run(command, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        return [line.split()[0] for line in out.stdout.splitlines()]
+        return [" ".join(line.split()[:2]) if line.startswith("answered") else line.split()[0]
+                for line in out.stdout.splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +108,9 @@ def test_outside_client_refused_on_udp_and_tcp(tmp_path: Path, upstream: Nsd, na
     requests = f'upstream="{upstream.address}"'
     with _server(tmp_path, upstream, namespace, {}) as server:
         forwarded = metric(scrape(server.metrics_port), "netblock_upstream_requests_total", requests)
-        assert namespace.ask(server.port) == ["REFUSED", "REFUSED"]
+        assert namespace.ask(server.port) == ["REFUSED", "REFUSED", "no-answer", "no-answer"]
         text = scrape(server.metrics_port)
-        assert metric(text, "netblock_refused_total", 'reason="acl"') == 2
+        assert metric(text, "netblock_refused_total", 'reason="acl"') == 4
         # Nothing went upstream for the refused client.
         assert metric(text, "netblock_upstream_requests_total", requests) == forwarded
         assert server.query("www.example.test").rcode() == 0  # loopback is inside the defaults
@@ -106,16 +118,17 @@ def test_outside_client_refused_on_udp_and_tcp(tmp_path: Path, upstream: Nsd, na
 
 def test_drop_action_answers_nothing_but_counts(tmp_path: Path, upstream: Nsd, namespace: Namespace) -> None:
     with _server(tmp_path, upstream, namespace, {"action": "drop"}) as server:
-        assert namespace.ask(server.port) == ["no-answer", "no-answer"]
-        # Dropped on purpose, not lost on the way: the server saw and counted both.
-        assert metric(scrape(server.metrics_port), "netblock_refused_total", 'reason="acl"') == 2
+        assert namespace.ask(server.port) == ["no-answer"] * 4
+        # Dropped on purpose, not lost on the way: the server saw and counted all four.
+        assert metric(scrape(server.metrics_port), "netblock_refused_total", 'reason="acl"') == 4
         assert server.query("www.example.test").rcode() == 0
 
 
 def test_allowed_range_is_configurable(tmp_path: Path, upstream: Nsd, namespace: Namespace) -> None:
     access = {"allow": [*PRIVATE_NETWORKS, f"{namespace.client_address}/32"]}
     with _server(tmp_path, upstream, namespace, access) as server:
-        assert namespace.ask(server.port) == ["NOERROR", "NOERROR"]
+        # Served: answers, and the malformed packets get unbound's NOTIMP and FORMERR.
+        assert namespace.ask(server.port) == ["NOERROR", "NOERROR", "answered 4", "answered 1"]
 
 
 @pytest.mark.parametrize(("client", "admitted"), [
