@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from netblock.config import load_config
+from netblock.policy.audit import git_commit
 from netblock.policy.match import Policy
 from netblock.policy.reload import PolicyHolder
 
@@ -157,3 +159,18 @@ def test_lint_diff_shows_the_same_record(tmp_path: Path) -> None:
     assert ("list wechat: 2 added, 1 removed; added [domains:wx9.qq.com, exact:extra.qpic.cn]; "
             "removed [domains:wx8.qq.com]") in lines
     assert not any(line.startswith("list kaspersky") for line in lines)
+
+
+def test_git_commit_of_the_blocklists(tmp_path: Path) -> None:
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True, timeout=10).stdout.strip()
+    commit = git_commit([str(ROOT / "blocklists" / "wechat.yaml")])
+    assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?", commit)
+    assert commit.split("-")[0] == head
+    (tmp_path / "x.yaml").write_text("name: x\n")
+    assert git_commit([str(tmp_path / "x.yaml")]) == ""  # not a checkout: nothing claimed
+    result = subprocess.run([sys.executable, "-m", "netblock", "lint", str(ROOT / "blocklists"), "--diff",
+                             str(ROOT / "blocklists")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"blocklists at git {commit}" in result.stdout
+    assert "no entry changed" in result.stdout
