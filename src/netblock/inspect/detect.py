@@ -117,6 +117,8 @@ class Engine:
         self.packets = 0
         self._rules: dict[tuple[Rule, str], Rule] = {}
         self._fixed: dict[str, Rule] = {}
+        # Server names repeat: name -> (rule, is DoH); cleared with each new policy.
+        self._decisions: dict[str, tuple[Rule | None, bool]] = {}
         # Flows reset by enforcement -> until when; later client segments get resets again
         # (the first pair may lose the race against the server's reply). Filled by the sink.
         self.killed: dict[tuple[bytes, int, bytes, int], float] = {}
@@ -168,6 +170,7 @@ class Engine:
     def set_policy(self, policy: Policy, doh: Policy | None) -> None:
         """Swap in a reloaded policy: reference assignments, safe against the capture thread."""
         self._rules = {}
+        self._decisions = {}
         self.doh = doh
         self.policy = policy
 
@@ -334,17 +337,16 @@ class Engine:
         if not name:
             self._note("no-sni")
             return
-        wire = wire_name(name)
-        if wire is None:
+        decision = self._decisions.get(name)
+        if decision is None:
+            decision = self._decide_name(name)
+            if len(self._decisions) >= 8192:
+                self._decisions.clear()
+            self._decisions[name] = decision
+        rule, is_doh = decision
+        if rule is None:
             return
-        rule = self.policy.match_wire(wire)
-        if rule is not None and rule.list_name == self.doh_list_name:
-            stage = "doh"
-        elif rule is None or rule.action == "allow":
-            if rule is None and self.doh is not None:
-                rule = self.doh.match_wire(wire)
-            if rule is None or rule.action == "allow":
-                return
+        if is_doh:
             stage = "doh"
         end_seq = stream.end_seq if stream is not None else (pkt.seq + len(pkt.payload)) & 0xFFFFFFFF
         self._emit(
@@ -360,6 +362,21 @@ class Engine:
                 version=version,
             )
         )
+
+    def _decide_name(self, name: str) -> tuple[Rule | None, bool]:
+        """(the rule to report or None, whether it is a DoH resolver), for one server name."""
+        wire = wire_name(name)
+        if wire is None:
+            return None, False
+        rule = self.policy.match_wire(wire)
+        if rule is not None and rule.list_name == self.doh_list_name:
+            return rule, True
+        if rule is None and self.doh is not None:
+            rule = self.doh.match_wire(wire)
+            return (rule, True) if rule is not None and rule.action != "allow" else (None, False)
+        if rule is None or rule.action == "allow":
+            return None, False
+        return rule, False
 
     def _effective(self, rule: Rule, stage: str) -> Rule:
         """The rule as it applies here: monitor when not enforcing; DoH blocked when enforcing
