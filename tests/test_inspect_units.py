@@ -570,3 +570,17 @@ def test_follow_up_resets_for_later_segments_of_a_killed_flow(config) -> None:  
     feed(engine, gen.tcp(CLIENT, SERVER, 50000, 443, 100 + len(hello), 900, 0x18, b"\x14\x03\x03\x00\x01\x01"))
     feed(engine, gen.tcp(CLIENT, SERVER, 50001, 443, 5, 9, 0x18, b"\x17\x03\x03\x00\x01\x01"))  # another flow
     assert followed == [100 + len(hello)]
+
+
+def test_doh_address_only_on_443_and_once_per_flow(config) -> None:  # type: ignore[no-untyped-def]
+    engine, found = engine_for(config, enforcing=True)
+    google = gen.ip4("8.8.8.8")
+    query = gen.dns_query("weixin.qq.com")
+    feed(
+        engine,
+        gen.tcp(CLIENT, google, 51000, 53, 1, 0, 0x02),  # TCP DNS SYN: not DoH
+        gen.tcp(CLIENT, google, 51000, 53, 2, 1, 0x18, len(query).to_bytes(2, "big") + query),
+        gen.udp(CLIENT, google, 51001, 443, b"\x40" + bytes(30)),  # short UDP 443 datagram: DoH/3 traffic
+        gen.udp(CLIENT, google, 51001, 443, b"\x40" + bytes(30)),
+    )
+    assert [(d.stage, d.protocol, d.pkt.dport) for d in found] == [("dns-bypass", "tcp", 53), ("doh", "udp", 443)]

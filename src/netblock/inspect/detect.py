@@ -151,9 +151,7 @@ class Engine:
             elif len(pkt.payload) >= 1200 and (pkt.payload[0] & 0xC0) == 0xC0:
                 self._quic(pkt)
             elif self.policy.has_networks and pkt.sport >= 1024:
-                rule = self.policy.match_ip(pkt.dst)
-                if rule is not None and rule.action != "allow":
-                    self._address_once(pkt, "ip", rule)
+                self._to_network(pkt)
 
     def kill(self, pkt: Packet, seconds: float = 5.0) -> None:
         """Remember a reset flow for follow-up resets from its later client segments."""
@@ -192,15 +190,25 @@ class Engine:
         if dport == 853:
             self._address_once(pkt, "dot", self._fixed_rule("dot", "DoT (TCP 853)"))
             return
-        rule = self.policy.match_ip(pkt.dst) if self.policy.has_networks else None
-        if rule is not None and rule.action != "allow":
-            stage = "doh" if rule.list_name == self.doh_list_name else "ip"
-            self._address_once(pkt, stage, rule)
+        if self.policy.has_networks and self._to_network(pkt):
             return
         if self.doh is not None and dport == 443:
             rule = self.doh.match_ip(pkt.dst)
             if rule is not None:
                 self._address_once(pkt, "doh", rule)
+
+    def _to_network(self, pkt: Packet) -> bool:
+        """A new flow (SYN, UDP) to a listed network; True when it was reported."""
+        rule = self.policy.match_ip(pkt.dst)
+        if rule is None or rule.action == "allow":
+            return False
+        if rule.list_name == self.doh_list_name:
+            if pkt.dport != 443:
+                return False  # DNS and DoT to a resolver address have their own detections
+            self._address_once(pkt, "doh", rule)
+        else:
+            self._address_once(pkt, "ip", rule)
+        return True
 
     def _tcp_payload(self, pkt: Packet) -> None:
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
