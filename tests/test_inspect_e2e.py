@@ -268,3 +268,37 @@ def test_print_nft_rules_load_and_block_foreign_dns(net: topo.Topology, tmp_path
         assert "packets 0" not in counters.split("th dport 53")[1].splitlines()[0]
     finally:
         net.ns(net.rtr, "nft", "delete", "table", "inet", "netblock_static", check=False)
+
+
+@pytest.mark.parametrize("library", [True, False], ids=["libnftables", "nft-command"])
+def test_nft_sets_through_both_backends(net: topo.Topology, library: bool) -> None:
+    """Elements land in the timeout sets through python3-nftables and through the nft command."""
+    code = (
+        "import socket, sys, time\n"
+        "from netblock.inspect.nft import Nft, NftSets\n"
+        "nft = Nft(prefer_library=sys.argv[1] == '1')\n"
+        "print(nft.backend)\n"
+        "sets = NftSets(nft, 60)\n"
+        "sets.install()\n"
+        "sets.block_connection(socket.inet_aton('10.200.1.2'), 'tcp', 40000, socket.inet_aton('10.200.2.2'), 443)\n"
+        "sets.block_flow(socket.inet_pton(socket.AF_INET6, 'fd00:200:1::2'), "
+        "socket.inet_pton(socket.AF_INET6, 'fd00:200:2::2'), 'udp', 853)\n"
+        "sets.block_pair(socket.inet_aton('10.200.1.2'), socket.inet_aton('192.0.2.1'))\n"
+        "deadline = time.monotonic() + 5\n"
+        "while sets.added < 3 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "import subprocess\n"
+        "listing = subprocess.run(['nft', 'list', 'table', 'inet', 'netblock_inspect'], capture_output=True,"
+        " text=True)\n"
+        "print(listing.stdout)\n"
+        "sets.remove()\n"
+        "print('errors', sets.errors, sets.last_error)\n"
+    )
+    done = net.ns(net.rtr, topo.PY, "-c", code, "1" if library else "0", timeout=30)
+    lines = done.stdout
+    assert lines.splitlines()[0] == ("libnftables" if library else "nft")
+    assert "10.200.1.2 . tcp . 40000 . 10.200.2.2 . 443" in lines
+    assert "fd00:200:1::2 . fd00:200:2::2 . udp . 853" in lines
+    assert "10.200.1.2 . 192.0.2.1" in lines
+    assert "errors 0" in lines
+    assert net.ns(net.rtr, "nft", "list", "table", "inet", "netblock_inspect", check=False).returncode != 0
