@@ -105,6 +105,7 @@ class LiveCapture:
         self.sock = open_socket(interface, compile_bpf(expression), buffer_bytes)
         self.received = 0
         self.kernel_drops = 0
+        self.errors = 0
 
     def run(self, handle: Callable[[Packet], None], stopped: Callable[[], bool]) -> None:
         sock = self.sock
@@ -124,7 +125,12 @@ class LiveCapture:
                 self.received += 1
                 pkt = decode(frame, LINK_ETHERNET, now())
                 if pkt is not None:
-                    handle(pkt)
+                    try:
+                        handle(pkt)
+                    except Exception:  # a parser bug must not stop the inspector (fuzzed: none known)
+                        self.errors += 1
+                        if self.errors <= 10:
+                            log.exception("inspector: packet handling failed (%s)", pkt)
 
     def drops(self) -> int:
         _, dropped = socket_drops(self.sock)

@@ -255,7 +255,7 @@ class Inspector:
             self._stop_enforcement()
             if self.events is not None:
                 self.events.stop()
-        return self.summary(frames=capture.received, kernel_drops=drops)
+        return self.summary(frames=capture.received, kernel_drops=drops, errors=capture.errors)
 
     def run_nfqueue(
         self,
