@@ -167,10 +167,11 @@ class Engine:
 
     def set_policy(self, policy: Policy, doh: Policy | None) -> None:
         """Swap in a reloaded policy: reference assignments, safe against the capture thread."""
-        self._rules = {}
-        self._decisions = {}
         self.doh = doh
         self.policy = policy
+        # After the policy: a decision made with the old one can only land in the old dict.
+        self._rules = {}
+        self._decisions = {}
 
     def _note(self, kind: str) -> None:
         """Things worth counting that are not detections: ECH, a hello without SNI."""
@@ -345,12 +346,13 @@ class Engine:
         if not name:
             self._note("no-sni")
             return
-        decision = self._decisions.get(name)
+        decisions = self._decisions  # before reading the policy (see set_policy)
+        decision = decisions.get(name)
         if decision is None:
             decision = self._decide_name(name)
-            if len(self._decisions) >= 8192:
-                self._decisions.clear()
-            self._decisions[name] = decision
+            if len(decisions) >= 8192:
+                decisions.clear()
+            decisions[name] = decision
         rule, is_doh = decision
         if rule is None:
             return
