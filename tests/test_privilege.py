@@ -23,29 +23,31 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="privilege drop is tested when started as root (CI)")
 
 
-def _free_port53_address() -> str:
-    for last in range(1, 50):
-        address = f"127.0.53.{last}"
-        try:
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                with socket.socket(socket.AF_INET, kind) as sock:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind((address, 53))
-        except OSError:
-            continue
-        return address
-    pytest.fail("no loopback address with port 53 free")
+def _privileged_address() -> tuple[str, int]:
+    """A loopback address and a port below 1024 (53 unless something holds it everywhere)."""
+    for port in (53, 953, 553, 853):
+        for last in range(1, 20):
+            address = f"127.0.53.{last}"
+            try:
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(socket.AF_INET, kind) as sock:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        sock.bind((address, port))
+            except OSError:
+                continue
+            return address, port
+    pytest.fail("no loopback address with a privileged port free")
 
 
 def test_drops_to_unprivileged_user_after_binding_53(tmp_path: Path, upstream: Nsd) -> None:
     nobody = pwd.getpwnam("nobody")
-    address = _free_port53_address()
+    address, low_port = _privileged_address()
     # Where the unprivileged server writes its events: a folder it owns (like /var/lib/netblock).
     var = Path(tempfile.mkdtemp(prefix="netblock-priv-"))
     os.chown(var, nobody.pw_uid, nobody.pw_gid)
     port = free_port()
     config = {
-        "server": {"listen": [f"127.0.0.1:{port}", f"{address}:53"], "user": "nobody"},
+        "server": {"listen": [f"127.0.0.1:{port}", f"{address}:{low_port}"], "user": "nobody"},
         "events": {"sqlite": str(var / "events.db"), "jsonl": str(var / "events.jsonl")},
     }
     try:
@@ -59,9 +61,9 @@ def test_drops_to_unprivileged_user_after_binding_53(tmp_path: Path, upstream: N
             assert int(status["CapEff"], 16) == 0
             assert int(status["CapPrm"], 16) == 0
             # Still serving, on the privileged port too, and still recording events.
-            on53 = dns.query.udp(dns.message.make_query("www.example.test", "A"), address, port=53, timeout=3)
+            on53 = dns.query.udp(dns.message.make_query("www.example.test", "A"), address, port=low_port, timeout=3)
             assert on53.rcode() == dns.rcode.NOERROR and on53.answer
-            tcp53 = dns.query.tcp(dns.message.make_query("weixin.qq.com", "A"), address, port=53, timeout=3)
+            tcp53 = dns.query.tcp(dns.message.make_query("weixin.qq.com", "A"), address, port=low_port, timeout=3)
             assert tcp53.rcode() == dns.rcode.NXDOMAIN
             written = lambda: metric(scrape(server.metrics_port), "netblock_events_written_total")  # noqa: E731
             assert wait_for(lambda: written() >= 1, 10)
