@@ -584,3 +584,18 @@ def test_doh_address_only_on_443_and_once_per_flow(config) -> None:  # type: ign
         gen.udp(CLIENT, google, 51001, 443, b"\x40" + bytes(30)),
     )
     assert [(d.stage, d.protocol, d.pkt.dport) for d in found] == [("dns-bypass", "tcp", 53), ("doh", "udp", 443)]
+
+
+def test_cli_errors_are_clear(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    base = [sys.executable, "-m", "netblock.inspect.cli", "inspect", "-c", str(cfg)]
+    bad_mode = subprocess.run(
+        [*base, "--interface", "lo", "--enforce", "rst,drop"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert bad_mode.returncode == 1 and "unknown mode 'drop'" in bad_mode.stderr
+    no_interface = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False)
+    assert no_interface.returncode == 1 and "no interface" in no_interface.stderr
+    missing = subprocess.run(
+        [*base, "--interface", "nbi-no-such-if0"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert missing.returncode == 1 and "netblock inspect:" in missing.stderr

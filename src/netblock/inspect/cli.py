@@ -101,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
     except SourceError as exc:
         print(f"netblock inspect: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:
+        print(
+            f"netblock inspect: {exc}: live capture and enforcement need root (or CAP_NET_RAW and CAP_NET_ADMIN)",
+            file=sys.stderr,
+        )
+        return 1
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"netblock inspect: {exc}", file=sys.stderr)
         return 1
