@@ -65,9 +65,7 @@ def test_systemd_analyze_verify_accepts_units(tmp_path, name):
 
 def test_systemd_analyze_verify_catches_a_typo(tmp_path):
     # The check above is only worth something if verify speaks up on a broken unit.
-    result = verify(
-        unit_copy(tmp_path, "netblock.service", lambda t: t.replace("ProtectSystem=", "ProtectSytem="))
-    )
+    result = verify(unit_copy(tmp_path, "netblock.service", lambda t: t.replace("ProtectSystem=", "ProtectSytem=")))
     assert "Unknown key" in result.stderr
 
 
@@ -189,37 +187,30 @@ def blocklists_configmap() -> dict[str, Any]:
     }
 
 
-def validate_podmonitor(doc: dict[str, Any]) -> None:
-    """The Prometheus Operator's PodMonitor CRD, as pydantic models; unknown keys fail too."""
+def validate_operator_crd(doc: dict[str, Any]) -> None:
+    """The Prometheus Operator's CRDs (PodMonitor, PrometheusRule) as pydantic models; unknown keys fail too."""
     from cloudcoil.models.prometheus_operator import v1
 
-    model = v1.PodMonitor.model_validate(doc)
+    model = getattr(v1, doc["kind"]).model_validate(doc)
     dumped = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
 
     def unknown(src: Any, kept: Any, where: str) -> list[str]:
         if isinstance(src, dict):
             missing = [f"{where}.{k}" for k in src if not isinstance(kept, dict) or k not in kept]
             return missing + [
-                p
-                for k in src
-                if isinstance(kept, dict) and k in kept
-                for p in unknown(src[k], kept[k], f"{where}.{k}")
+                p for k in src if isinstance(kept, dict) and k in kept for p in unknown(src[k], kept[k], f"{where}.{k}")
             ]
         if isinstance(src, list) and isinstance(kept, list):
-            return [
-                p
-                for i, (a, b) in enumerate(zip(src, kept, strict=False))
-                for p in unknown(a, b, f"{where}[{i}]")
-            ]
+            return [p for i, (a, b) in enumerate(zip(src, kept, strict=False)) for p in unknown(a, b, f"{where}[{i}]")]
         return []
 
     dropped = unknown(doc, dumped, "")
-    assert not dropped, f"unknown keys in PodMonitor: {dropped}"
+    assert not dropped, f"unknown keys in {doc['kind']}: {dropped}"
 
 
 def validate(doc: dict[str, Any]) -> None:
-    if doc["kind"] == "PodMonitor":
-        validate_podmonitor(doc)
+    if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+        validate_operator_crd(doc)
         return
     import kubernetes_validate
 
@@ -240,6 +231,7 @@ def test_kubernetes_manifests_pass_schema_validation():
             "HorizontalPodAutoscaler",
             "NetworkPolicy",
             "PodMonitor",
+            "PrometheusRule",
         ]
     )
     for name, doc in docs:
@@ -263,6 +255,8 @@ def test_kubernetes_manifests_pass_schema_validation():
             lambda d: d["spec"].__setitem__("podMetricEndpoints", d["spec"].pop("podMetricsEndpoints")),
         ),
         ("PodMonitor", lambda d: d["spec"]["podMetricsEndpoints"][0].__setitem__("interval", "fifteen")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].__setitem__("for", "two minutes")),
+        ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].__setitem__("annotation", {})),
     ],
 )
 def test_schema_validation_rejects_broken_manifests(kind, mutate):
@@ -419,3 +413,10 @@ def test_container_healthcheck_command_against_real_server(netblock, tmp_path):
     assert run(*healthcheck_command(netblock.metrics_port)).returncode == 0
     # Nothing listening: the check fails (and so does an unready server: /readyz 503 raises).
     assert run(*healthcheck_command(free_port())).returncode != 0
+
+
+def test_prometheusrule_matches_the_rule_file():
+    # One set of alerts: the Operator's PrometheusRule carries the promtool-tested groups.
+    crd = k8s("PrometheusRule")["spec"]["groups"]
+    plain = yaml.safe_load((DEPLOY / "prometheus" / "netblock-rules.yml").read_text())["groups"]
+    assert crd == plain
