@@ -64,10 +64,10 @@ async def _serve(server: object, config: Config) -> int:
     if config.metrics.enabled:
         from netblock.metrics import MetricsServer
 
-        metrics = MetricsServer(config, server)
         try:
+            metrics = MetricsServer(config, server)
             metrics.start()
-        except OSError as exc:
+        except (OSError, SourceError) as exc:  # a taken port, a broken web-config file
             print(f"netblock: metrics: {exc}", file=sys.stderr)
             await server.stop()
             return 1

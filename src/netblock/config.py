@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -171,7 +172,7 @@ class Config:
         p = Path(relative)
         if p.is_absolute() or not self.path:
             return p
-        return (Path(self.path).parent / p).resolve()
+        return Path(os.path.normpath(Path(self.path).parent / p))
 
 
 # Keys whose string values must be network addresses; checked at load time.
@@ -280,7 +281,9 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     data = load_file(path)
     config = _build(Config, data, "", str(path))
-    config = dataclasses.replace(config, path=str(path.resolve()))
+    # absolute(), not resolve(): a Kubernetes ConfigMap file is a symlink into a folder
+    # that the kubelet replaces on every update; the link is what stays.
+    config = dataclasses.replace(config, path=str(path.absolute()))
     _check_consistency(config, str(path), data)
     return config
 

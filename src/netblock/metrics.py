@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 
 from netblock import __version__
 from netblock.config import Config, parse_hostport
+from netblock.policy import sources
 from netblock.stats import DURATION_BUCKETS, Histogram, Stats
 from netblock.yamlsrc import SourceError, line_of, load_file
 
@@ -291,6 +292,15 @@ class NetblockCollector(Collector):
             "1 if the last load or reload was accepted, 0 if it was refused (the last good policy stays in force)",
             value=0 if getattr(holder, "last_error", "") else 1,
         )
+
+        failures = CounterMetricFamily(
+            "netblock_list_source_failures_total",
+            "Failed fetches of URL list sources since start (the on-disk copy stays in use)",
+            labels=["source"],
+        )
+        for url, count in sources.failure_counts().items():  # bounded: the URLs the lists name
+            failures.add_metric([url], count)
+        yield failures
 
     def _events(self, server: Any) -> Iterator[Metric]:
         events = getattr(server, "events", None)

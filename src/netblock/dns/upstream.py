@@ -163,6 +163,8 @@ class Upstreams:
     def start_health_checks(self, interval: float) -> None:
         if interval <= 0:
             return
+        for server in self.servers:  # not ready until a probe has been answered
+            server.healthy = server.stats.healthy = False
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop(interval))
 
     def stop_health_checks(self) -> None:

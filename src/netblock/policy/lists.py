@@ -123,6 +123,9 @@ def _response(data: YMap, out: _Collector) -> Response:
         return Response()
     if isinstance(sinkhole, str):
         sinkhole = [sinkhole]
+    if not isinstance(sinkhole, list):
+        out.error(data.line_of("sinkhole"), f"sinkhole: expected a list of addresses, not {sinkhole!r}")
+        sinkhole = []
     v4: list[bytes] = []
     v6: list[bytes] = []
     for text in sinkhole or []:
