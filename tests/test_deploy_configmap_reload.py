@@ -92,3 +92,32 @@ def test_configmap_update_is_enforced_without_restart(tmp_path, upstream):
         ), server.log()
         assert digest(server.metrics_port) == good
         assert server.query("second.k8s.test").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_config_configmap_policy_change_is_reloaded(tmp_path, upstream):
+    """A config mounted from a ConfigMap directory (symlinks the kubelet swaps): `policy:` edits apply live."""
+    import yaml
+
+    lists = tmp_path / "blocklists"
+    publish(lists, {"k8slist.yaml": LIST_V1}, 1)
+    config_mount = tmp_path / "config"
+    foundation = Path(__file__).resolve().parent / "data" / "foundation" / "testnet.yaml"
+
+    class Mounted(Netblock):
+        generation = 0
+
+        def write_config(self) -> None:
+            Mounted.generation += 1
+            publish(config_mount, {"netblock.yaml": yaml.safe_dump(self.settings, sort_keys=False)},
+                    Mounted.generation)
+
+    server = Mounted(tmp_path / "nb", [upstream.address], lists=[lists / "*.yaml"])
+    server.config_path = config_mount / "netblock.yaml"
+    with server:
+        assert server.query("tracker.blocked.test").rcode() == dns.rcode.NOERROR  # upstream answers
+        before = digest(server.metrics_port)
+        server.settings["policy"]["lists"] = [str(lists / "*.yaml"), str(foundation)]
+        server.write_config()  # the kubelet's swap, with the edited ConfigMap
+        assert wait_for(lambda: digest(server.metrics_port) != before, 15, 0.2), server.log()
+        assert server.query("tracker.blocked.test").rcode() == dns.rcode.NXDOMAIN
+        assert server.query("first.k8s.test").rcode() == dns.rcode.NXDOMAIN
