@@ -324,7 +324,8 @@ class NetblockCollector(Collector):
     def _inspector(self, stats: Stats) -> Iterator[Metric]:
         detections = CounterMetricFamily(
             "netblock_inspector_detections_total",
-            "Packet-inspector detections, by kind (sni, quic, http-host, dns-bypass, dot, doh, ip) and list",
+            "Packet-inspector detections, by kind (sni, quic, http-host, dns-bypass, dot, doh, ip; and, noted "
+            "under list inspector: ech, esni, no-sni, quic-undecryptable) and list",
             labels=["kind", "list"],
         )
         for (kind, list_name), n in dict(stats.inspector_detections).items():
