@@ -419,13 +419,20 @@ class DnsServer:
                 if result is None:
                     continue
                 if isinstance(result, bytes):
-                    writer.write(_H.pack(len(result)) + result)
+                    _tcp_send(writer, result)
                     continue
                 task = asyncio.get_running_loop().create_task(self._tcp_forward(result, client, writer))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             if pending:
                 await asyncio.wait(pending, timeout=self.config.upstreams.timeout + 1)
+            # A client that does not read its answers must not keep them (and the socket)
+            # in memory after we are done with it: flush within the idle timeout or abort.
+            if not writer.is_closing():
+                writer.transport.set_write_buffer_limits(0)  # drain() now waits for an empty buffer
+                await asyncio.wait_for(writer.drain(), tcp.idle_timeout)
+        except (TimeoutError, ConnectionError):
+            writer.transport.abort()
         finally:
             self.tcp_connections -= 1
             writer.close()
@@ -433,7 +440,21 @@ class DnsServer:
     async def _tcp_forward(self, query: wire.Query, client: str, writer: asyncio.StreamWriter) -> None:
         answer = await self.resolve(query, client, "tcp")
         if not writer.is_closing():
-            writer.write(_H.pack(len(answer)) + answer)
+            _tcp_send(writer, answer)
+
+
+_TCP_WRITE_LIMIT = 256 * 1024
+
+
+def _tcp_send(writer: asyncio.StreamWriter, answer: bytes) -> None:
+    """Write one answer, unless the client has stopped reading: then drop the connection
+    rather than buffer up to max_queries_per_connection answers of 64 KB for it."""
+    if writer.is_closing():
+        return
+    if writer.transport.get_write_buffer_size() > _TCP_WRITE_LIMIT:
+        writer.transport.abort()
+        return
+    writer.write(_H.pack(len(answer)) + answer)
 
 
 class Packet:
