@@ -170,6 +170,7 @@ def test_idle_and_half_sent_tcp_connections(tmp_path: Path, upstream: Nsd) -> No
             assert len(closed) == 300, f"{300 - len(closed)} connections still open"
             ages = [at - started for at in closed.values()]
             assert min(ages) >= idle_timeout - 0.3 and max(ages) <= idle_timeout + 1.0, (min(ages), max(ages))
+            assert "Traceback" not in server.log()
         finally:
             for sock in socks:
                 sock.close()
@@ -199,3 +200,45 @@ def test_connection_limit_refuses_promptly(tmp_path: Path, upstream: Nsd) -> Non
         finally:
             for sock in held:
                 sock.close()
+
+
+HUGE_ZONE = ("$ORIGIN huge.test.\n$TTL 300\n@ IN SOA ns1 h 1 3600 600 86400 300\n@ IN NS ns1\nns1 IN A 127.0.0.1\n"
+             + "".join(f'big IN TXT "{i:04d}{"x" * 240}"\n' for i in range(220)))  # a 56 KB answer
+
+
+def test_tcp_clients_that_never_read_cannot_hold_memory(tmp_path: Path) -> None:
+    """50 connections each pipelining 100 queries for a 56 KB answer and never reading:
+    without a bound the server buffered ~280 MB and kept every socket after closing it."""
+    nsd = Nsd(tmp_path / "nsd", zones={"huge.test": HUGE_ZONE}).start()
+    config = {"tcp": {"idle_timeout": 2.0}, "access": {"rate_limit": {"queries": 0}}}
+    try:
+        with Netblock(tmp_path / "nb", [nsd.address], config=config) as server:
+            warm = server.query("big.huge.test", "TXT", tcp=True)
+            assert len(warm.answer[0]) == 220
+            baseline = rss_kb(server.pid)
+            fds = len(list(Path(f"/proc/{server.pid}/fd").iterdir()))
+            query = header(qid=1) + question(wire_name("big.huge.test"), qtype=16)
+            frame = len(query).to_bytes(2, "big") + query
+            socks = []
+            try:
+                for _ in range(50):
+                    sock = socket.socket()
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    sock.connect(("127.0.0.1", server.port))
+                    sock.sendall(frame * 100)
+                    socks.append(sock)
+                peak = baseline
+                deadline = time.monotonic() + 2.0 + 2.0  # idle timeout + slack
+                while time.monotonic() < deadline:
+                    peak = max(peak, rss_kb(server.pid))
+                    time.sleep(0.1)
+                assert peak - baseline < 50 * 1024, (baseline, peak)
+                # Every one of those sockets is gone from the server, and it still serves.
+                assert len(list(Path(f"/proc/{server.pid}/fd").iterdir())) <= fds
+                assert server.query("big.huge.test", "TXT", tcp=True).answer
+                assert "Traceback" not in server.log()
+            finally:
+                for sock in socks:
+                    sock.close()
+    finally:
+        nsd.stop()
