@@ -271,11 +271,15 @@ def render(data: dict[str, Any]) -> str:
             line
             for line in nbm
             if any(k in line for k in ("dropped", "error", "servfail", "lost", "events", "upstream"))
+            and "_bucket" not in line
         ]
         if keep:
             lines += ["netblock metrics after the runs (selection):", "", "```", *keep[:40], "```", ""]
     if data.get("netblock_events"):
-        lines.append(f"netblock events stored after the runs: {data['netblock_events']}")
+        blocked = (data.get("answered") or {}).get("netblock", {}).get("NXDOMAIN", 0)
+        lines.append(f"netblock events stored after the runs: {data['netblock_events']}; NXDOMAIN answers "
+                     f"dnsperf counted in all measured runs (repeats included, warm-up and probes not): "
+                     f"{blocked:,}")
         lines.append("")
 
     findings = data.get("findings") or []

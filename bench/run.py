@@ -42,6 +42,13 @@ LOADGEN_CPU, SERVER_CPU = 0, 1
 IDLE_LIMIT = 0.15  # cores busy with other work before a run starts
 CONTENDED = 0.25  # cores used by other work during a run: repeat it
 MIXES = ("a", "b", "c")
+# Extra netblock rows for finding where the time goes (`--servers netblock,netblock-noevents,...`).
+NETBLOCK_VARIANTS: dict[str, dict[str, dict[str, object]]] = {
+    "netblock-noevents": {"events": {"enabled": False}},
+    "netblock-nometrics": {"metrics": {"enabled": False}},
+    "netblock-bare": {"events": {"enabled": False}, "metrics": {"enabled": False},
+                      "devices": {"neighbours": False, "edns_mac": False}, "policy": {"watch": False}},
+}
 MIX_TITLES = {"a": "100% blocked", "b": "100% cached", "c": "90/10"}
 
 
@@ -135,6 +142,18 @@ def check_answers(server: servers.Server, world: World) -> list[str]:
     return problems
 
 
+# Every answer each server gave the load generator, all attempts included: netblock's stored
+# events are compared with its NXDOMAIN count (one event per blocked answer).
+ANSWERED: dict[str, dict[str, int]] = {}
+
+
+def _counted(server: servers.Server, result: dnsperf.Result) -> dnsperf.Result:
+    totals = ANSWERED.setdefault(server.name, {})
+    for code, n in result.rcodes.items():
+        totals[code] = totals.get(code, 0) + n
+    return result
+
+
 # ---- throughput ----------------------------------------------------------------------------
 
 
@@ -143,9 +162,9 @@ def measure_once(
 ) -> tuple[dnsperf.Result, int]:
     wait_idle(IDLE_LIMIT, s.idle_wait if s.in_budget() else 0)
     before = servers.nsd_queries(nsd)
-    result = dnsperf.run(
+    result = _counted(server, dnsperf.run(
         server.port, world.mix(mix), cpu=LOADGEN_CPU, server_pid=server.pid, watch_pids=(nsd.pid,), **kwargs
-    )
+    ))
     return result, servers.nsd_queries(nsd) - before
 
 
@@ -364,10 +383,11 @@ def event_counts(root: Path) -> dict[str, int]:
                     counts[f"sqlite:{table}"] = conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
         except sqlite3.Error as exc:
             counts[f"sqlite error: {exc}"] = -1
-    jsonl = root / "events.jsonl"
-    if jsonl.exists():
+    lines = 0
+    for jsonl in root.glob("events.jsonl*"):  # rotated files too
         with jsonl.open("rb") as f:
-            counts["jsonl lines"] = sum(1 for _ in f)
+            lines += sum(1 for _ in f)
+    counts["jsonl lines"] = lines
     return counts
 
 
@@ -486,6 +506,9 @@ def main() -> int:
             try:
                 if name == "netblock":
                     server = servers.start_netblock(procs, world, nsd, probe, SERVER_CPU)
+                elif name in NETBLOCK_VARIANTS:
+                    server = servers.start_netblock(procs, world, nsd, probe, SERVER_CPU, name=name,
+                                                    overrides=NETBLOCK_VARIANTS[name])
                 elif name == "dnsmasq":
                     server = servers.start_dnsmasq(procs, world, nsd, probe, SERVER_CPU)
                 elif name == "unbound":
@@ -535,6 +558,7 @@ def main() -> int:
         for sv in active:
             memory[sv.name]["after"] = rss_mib(sv.pid)
         data["memory"] = memory
+        data["answered"] = ANSWERED
         for sv in active:
             if sv.name == "netblock":
                 data["netblock_metrics"] = [
