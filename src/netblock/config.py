@@ -307,6 +307,15 @@ def _check_consistency(config: Config, path: str, data: Any) -> None:
         fail("server", "udp_payload", "must be between 512 and 4096")
     if not config.server.listen:
         fail("server", "listen", "needs at least one address")
+    # Values that would silently stop service: a bucket that never refills blocks every
+    # client for good after `queries`; TCP that times out at once or takes no query.
+    if config.access.rate_limit.queries and config.access.rate_limit.per_seconds <= 0:
+        fail("access", "rate_limit", "per_seconds must be more than 0 (queries: 0 turns the limit off)")
+    if config.tcp.idle_timeout <= 0:
+        fail("tcp", "idle_timeout", "must be more than 0")
+    if config.tcp.max_connections < 1 or config.tcp.max_queries_per_connection < 1:
+        fail("tcp", "max_connections" if config.tcp.max_connections < 1 else "max_queries_per_connection",
+             "must be at least 1")
 
 
 def resolv_conf_servers(path: str) -> tuple[str, ...]:
