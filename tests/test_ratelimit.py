@@ -4,16 +4,19 @@ never limited; the bucket table stays bounded under a flood of source addresses.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dns.message
 import dns.query
 import dns.rcode
 import pytest
 
-from netblock.config import Access, RateLimit
+from netblock.config import Access, RateLimit, load_config
 from netblock.dns.admit import Admission
+from netblock.yamlsrc import SourceError
 from test_reliability_tools import metric, scrape
 
 from harness import Netblock, Nsd
@@ -98,3 +101,23 @@ def test_tiny_table_sizes_still_bounded(max_clients: int) -> None:
     for i in range(1000):
         admission.check(f"10.0.{i >> 8}.{i & 255}")
     assert len(admission._buckets) <= 2
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("access:\n  rate_limit:\n    queries: 10\n    per_seconds: 0\n", "2: access.rate_limit: per_seconds must be"),
+    ("tcp:\n  idle_timeout: 0\n", "2: tcp.idle_timeout: must be more than 0"),
+    ("tcp:\n  max_queries_per_connection: 0\n", "2: tcp.max_queries_per_connection: must be at least 1"),
+])
+def test_settings_that_would_silently_stop_service_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    """A bucket that never refills would block every client for good after `queries`."""
+    path = tmp_path / "netblock.yaml"
+    path.write_text(text)
+    with pytest.raises(SourceError, match=re.escape(f"{path}:{message}")):
+        load_config(path)
+
+
+def test_rate_limit_off_and_normal_settings_load(tmp_path: Path) -> None:
+    path = tmp_path / "netblock.yaml"
+    path.write_text("access:\n  rate_limit:\n    queries: 0\n    per_seconds: 0\n")
+    assert load_config(path).access.rate_limit.queries == 0
+    assert Admission(load_config(path).access).check("10.0.0.1") == ""
