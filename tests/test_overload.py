@@ -29,7 +29,7 @@ from test_reliability_tools import (
     wire_name,
 )
 
-from harness import Netblock, Nsd
+from harness import Netblock, Nsd, wait_for
 
 CAP = 50
 TIMEOUT = 1.0
@@ -242,3 +242,32 @@ def test_tcp_clients_that_never_read_cannot_hold_memory(tmp_path: Path) -> None:
                     sock.close()
     finally:
         nsd.stop()
+
+
+def test_tcp_connection_flood_then_service(tmp_path: Path, upstream: Nsd) -> None:
+    """Knot's flood case, bounded: 3,000 connections opened in bursts of 200 and dropped
+    (some after half a query); the server answers afterwards and holds no extra sockets."""
+    config = {"tcp": {"idle_timeout": 2.0}}
+    with Netblock(tmp_path / "nb", [upstream.address], config=config) as server:
+        fds = len(list(Path(f"/proc/{server.pid}/fd").iterdir()))
+        query = header(qid=1) + question()
+        deadline = time.monotonic() + 60
+        for burst in range(15):
+            socks = []
+            for i in range(200):
+                sock = socket.socket()
+                sock.settimeout(5)
+                try:
+                    sock.connect(("127.0.0.1", server.port))
+                    if i % 2:
+                        sock.sendall(len(query).to_bytes(2, "big") + query[:7])
+                except OSError:
+                    pass
+                socks.append(sock)
+            for sock in socks:
+                sock.close()
+            assert time.monotonic() < deadline, f"burst {burst} too slow"
+        assert server.query("www.example.test", "A").rcode() == dns.rcode.NOERROR
+        assert server.query("www.example.test", "A", tcp=True).rcode() == dns.rcode.NOERROR
+        assert wait_for(lambda: len(list(Path(f"/proc/{server.pid}/fd").iterdir())) <= fds, 5)
+        assert "Traceback" not in server.log()
