@@ -520,6 +520,8 @@ def main() -> int:
                 print(f"bench: {name} did not start: {exc}")
                 continue
             active.append(server)
+        if not active:
+            raise RuntimeError("no server started (see findings)")
         memory: dict[str, dict[str, float]] = {
             sv.name: {
                 "start_s": float(sv.extra.get("ready_s", 0)),  # type: ignore[arg-type]

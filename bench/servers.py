@@ -9,8 +9,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -47,13 +49,32 @@ def ask(port: int, name: str, rdtype: str = "A", timeout: float = 1.0) -> dns.me
         return None
 
 
+class PortTaken(RuntimeError):
+    """Another process bound the port between free_port() and the server's bind: retry."""
+
+
+def with_port_retry(start: Callable[[], Server], tries: int = 3) -> Server:
+    # free_port() cannot reserve a port: on a box shared with other test suites one is
+    # sometimes taken before the server binds it; a new pick fixes that.
+    for attempt in range(tries):
+        try:
+            return start()
+        except PortTaken:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def wait_ready(server: Server, probe: str, deadline_s: float) -> float:
     """Seconds until the server answered `probe` with a real rcode; raises on death or timeout."""
     start = time.monotonic()
     while time.monotonic() - start < deadline_s:
         assert server.proc is not None
         if not server.proc.alive():
-            raise RuntimeError(f"{server.name} exited during start-up:\n{server.proc.log_tail()}")
+            server.proc.popen.wait()
+            tail = server.proc.log_tail()
+            kind = PortTaken if "in use" in tail else RuntimeError
+            raise kind(f"{server.name} exited during start-up:\n{tail}")
         reply = ask(server.port, probe, timeout=0.5)
         if reply is not None and reply.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             return time.monotonic() - start
@@ -67,7 +88,7 @@ def wait_ready(server: Server, probe: str, deadline_s: float) -> float:
 # ---- NSD: the authoritative upstream ----------------------------------------------------
 
 
-def start_nsd(procs: Procs, world: World, probe: str, cpu: int | None = None) -> Server:
+def _start_nsd(procs: Procs, world: World, probe: str, cpu: int | None = None) -> Server:
     root = procs.workdir / "nsd"
     zones = root / "zones"
     zones.mkdir(parents=True, exist_ok=True)
@@ -123,7 +144,7 @@ def nsd_queries(nsd: Server) -> int:
 # ---- peers ---------------------------------------------------------------------------------
 
 
-def start_dnsmasq(procs: Procs, world: World, upstream: Server, probe: str, cpu: int) -> Server:
+def _start_dnsmasq(procs: Procs, world: World, upstream: Server, probe: str, cpu: int) -> Server:
     from world import dnsmasq_allow_lines
 
     port = free_port()
@@ -151,7 +172,7 @@ def start_dnsmasq(procs: Procs, world: World, upstream: Server, probe: str, cpu:
     return server
 
 
-def start_unbound(procs: Procs, world: World, upstream: Server, probe: str, cpu: int) -> Server:
+def _start_unbound(procs: Procs, world: World, upstream: Server, probe: str, cpu: int) -> Server:
     port = free_port()
     root = procs.workdir / "unbound"
     root.mkdir(exist_ok=True)
@@ -225,7 +246,7 @@ def netblock_config(
     return path
 
 
-def start_netblock(
+def _start_netblock(
     procs: Procs,
     world: World,
     upstream: Server,
@@ -259,3 +280,19 @@ def metrics_text(server: Server, timeout: float = 5.0) -> str:
             return str(reply.read().decode())
     except OSError as exc:
         return f"# metrics unavailable: {exc}"
+
+
+def start_nsd(*args: Any, **kwargs: Any) -> Server:
+    return with_port_retry(lambda: _start_nsd(*args, **kwargs))
+
+
+def start_dnsmasq(*args: Any, **kwargs: Any) -> Server:
+    return with_port_retry(lambda: _start_dnsmasq(*args, **kwargs))
+
+
+def start_unbound(*args: Any, **kwargs: Any) -> Server:
+    return with_port_retry(lambda: _start_unbound(*args, **kwargs))
+
+
+def start_netblock(*args: Any, **kwargs: Any) -> Server:
+    return with_port_retry(lambda: _start_netblock(*args, **kwargs))
