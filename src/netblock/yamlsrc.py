@@ -69,8 +69,9 @@ def _convert(node: yaml.Node, path: str, loader: yaml.SafeLoader) -> Any:
 def load_text(text: str, path: str | Path) -> Any:
     """Parse YAML text; a syntax error becomes a SourceError with its line."""
     path = str(path)
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader rejects control characters already here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -79,10 +80,15 @@ def load_text(text: str, path: str | Path) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise SourceError(path, line, f"YAML syntax: {exc.problem or exc.context}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
+        raise SourceError(path, line, f"YAML: character U+{code:04X} is not allowed") from None
     except yaml.YAMLError as exc:
         raise SourceError(path, 1, f"YAML: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_file(path: str | Path) -> Any:

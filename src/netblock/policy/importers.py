@@ -397,9 +397,10 @@ def _rpz_line(line: str, out: Parsed, path: str, number: int, state: _RpzState) 
 
 # --- the fast path: one regex over a chunk takes every well-formed line at C speed ---
 
-# Lenient names: label lengths are checked after (usable()), and a name no query can
-# carry (a label starting with '-') is harmless.
-_LOOSE = r"([a-z0-9_-]+(?:\.[a-z0-9_-]+)*)\.?"
+# Labels as normalise() takes them (no '-' at either end); label lengths are checked after
+# (usable()). A chunk with any other line goes the careful way, which reports it.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_LOOSE = r"(" + _LABEL + r"(?:\." + _LABEL + r")*)\.?"
 # Each pattern matches every line of a well-formed chunk: a name (group 1) or an ignorable
 # line (blank, comment), whose group is empty.
 _FAST = {
