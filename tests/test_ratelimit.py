@@ -56,6 +56,16 @@ def test_client_over_limit_is_refused_and_another_is_not(server: Netblock) -> No
     assert after - before == 12
 
 
+def test_blocked_attempts_over_the_limit_are_still_recorded(server: Netblock) -> None:
+    """REFUSED for the flood, but every attempt at a vendor name stays evidence."""
+    blocked = 'list="wechat",stage="query",action="block"'
+    before = metric(scrape(server.metrics_port), "netblock_blocked_total", blocked)
+    codes = _rcodes(server, "127.0.0.5", LIMIT + 10)  # half of them weixin.qq.com
+    assert codes[LIMIT:] == ["REFUSED"] * 10
+    after = metric(scrape(server.metrics_port), "netblock_blocked_total", blocked)
+    assert after - before == (LIMIT + 10) // 2
+
+
 def test_exempt_relay_is_not_limited(server: Netblock) -> None:
     assert "REFUSED" not in _rcodes(server, "127.0.0.4", LIMIT * 3)
 

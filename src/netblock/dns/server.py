@@ -69,7 +69,7 @@ class DnsServer:
         # 1. admit: before any work on the packet
         refusal = self.admission.check(client)
         if refusal:
-            return self._refuse(data, refusal)
+            return self._refuse(data, refusal, client, proto)
         # 2. the same bytes after the ID as a recent UDP query: the same answer, replayed
         if proto == "udp":
             packet = self.packets.get(data[2:])
@@ -122,14 +122,21 @@ class DnsServer:
         # 7.-9. forward, inspect, store and reply: resolve()
         return query
 
-    def _refuse(self, data: bytes, reason: str) -> bytes | None:
+    def _refuse(self, data: bytes, reason: str, client: str, proto: str) -> bytes | None:
         stats = self.stats
         stats.refused[reason] = stats.refused.get(reason, 0) + 1
-        if self.admission.drops(reason):
+        if reason == "acl" and self.admission.drops(reason):
             return None
         query = wire.parse_query(data)
         if not isinstance(query, wire.Query):
             return None  # a malformed packet from a client we do not serve: no answer at all
+        if reason == "ratelimit":
+            # One of our devices beaconing to a vendor faster than the limit: still evidence.
+            rule = self.policy.match_wire(query.qname)
+            if rule is not None and rule.action != "allow":
+                self._record(query, client, rule, "query", proto)
+            if self.admission.drops(reason):
+                return None
         return self._done(wire.simple_answer(query, wire.REFUSED, self.udp_payload), "refused", wire.REFUSED,
                           time.perf_counter())
 
