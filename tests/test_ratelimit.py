@@ -58,7 +58,7 @@ def test_client_over_limit_is_refused_and_another_is_not(server: Netblock) -> No
 
 def test_blocked_attempts_over_the_limit_are_still_recorded(server: Netblock) -> None:
     """REFUSED for the flood, but every attempt at a vendor name stays evidence."""
-    blocked = 'list="wechat",stage="query",action="block"'
+    blocked = 'action="block",list="wechat",stage="query",vendor="Tencent WeChat (Weixin)"'
     before = metric(scrape(server.metrics_port), "netblock_blocked_total", blocked)
     codes = _rcodes(server, "127.0.0.5", LIMIT + 10)  # half of them weixin.qq.com
     assert codes[LIMIT:] == ["REFUSED"] * 10
