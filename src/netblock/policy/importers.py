@@ -29,7 +29,7 @@ import threading
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ NODATA = 4
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = _LABEL + r"(?:\." + _LABEL + r")*"
 _INDEX_BITS = 24  # a NameSet holds at most 16M names
+_SLICE = 1 << 16  # items per C call while building: each holds the GIL only a few ms
 HASH_MASK = (1 << 40) - 1
 
 
@@ -86,6 +87,14 @@ def wires_of(names: list[str]) -> list[bytes]:
     return wires
 
 
+def _running_sum(pieces: Iterable[array[int]]) -> array[int]:
+    """0 and the running totals of the pieces' items, one slice per C call."""
+    out = array("I", [0])
+    for piece in pieces:
+        out.extend(islice(accumulate(piece, initial=out[-1]), 1, None))
+    return out
+
+
 class NameSet:
     """Many names in flat arrays: ~35 bytes a name instead of ~300 as Python objects.
 
@@ -99,13 +108,22 @@ class NameSet:
     __slots__ = ("blob", "count", "digest", "offsets", "shift", "slots", "starts", "tag", "tags")
 
     def __init__(self, names: list[str], tags: list[int] | None = None, tag: int = EXACT) -> None:
+        # Built in a reload thread while the event loop answers queries: no single C call
+        # may hold the GIL for long, so the big steps go a slice at a time.
         if tags is not None:
-            unique = dict.fromkeys(zip(names, tags, strict=True))
+            unique: dict[tuple[str, int], None] = {}
+            for start in range(0, len(names), _SLICE):
+                unique.update(dict.fromkeys(zip(names[start : start + _SLICE], tags[start : start + _SLICE],
+                                                strict=True)))
             names = [name for name, _ in unique]
             self.tags: array[int] | None = array("B", [t for _, t in unique])
             del unique
         else:
-            names = list(dict.fromkeys(names))
+            seen: dict[str, None] = {}
+            for start in range(0, len(names), _SLICE):
+                seen.update(dict.fromkeys(names[start : start + _SLICE]))
+            names = list(seen)
+            del seen
             self.tags = None
         if len(names) >= 1 << _INDEX_BITS:
             raise ValueError(f"more than {1 << _INDEX_BITS} names in one source")
@@ -115,21 +133,27 @@ class NameSet:
         del names
         self.blob = b"".join(wires)
         self.digest = hashlib.sha256(self.blob).hexdigest()[:16]
-        self.offsets = array("I", accumulate(map(len, wires), initial=0))
+        self.offsets = _running_sum(array("I", map(len, wires[start : start + _SLICE]))
+                                    for start in range(0, len(wires), _SLICE))
         mask = HASH_MASK
         packed = [(h & mask) << _INDEX_BITS | i for i, h in enumerate(map(hash, wires))]
         del wires
-        packed.sort()
-        self.slots = array("Q", packed)
-        del packed
-        # About two buckets a name: most misses stop at an empty bucket.
+        # About two buckets a name: most misses stop at an empty bucket. A lookup scans its
+        # whole bucket, so slots only need grouping by bucket (a counting sort), not sorting.
         bits = max(4, min(40, self.count.bit_length() + 1))
         self.shift = 40 - bits  # bucket of a 40-bit hash value
-        counts = array("I", bytes(4 * ((1 << bits) + 1)))
         shift = 64 - bits
-        for value in self.slots:
+        counts = array("I", bytes(4 * ((1 << bits) + 1)))
+        for value in packed:
             counts[(value >> shift) + 1] += 1
-        self.starts = array("I", accumulate(counts))
+        self.starts = starts = _running_sum(counts[start : start + _SLICE] for start in range(1, len(counts), _SLICE))
+        slots = array("Q", bytes(8 * self.count))
+        fill = array("I", starts)
+        for value in packed:
+            bucket = value >> shift
+            slots[fill[bucket]] = value
+            fill[bucket] += 1
+        self.slots = slots
 
     def __len__(self) -> int:
         return self.count
@@ -412,7 +436,7 @@ _FAST = {
 }
 _IGNORE = re.compile(r"^[ \t]*(?:(?:[!#;]|\[)[^\n]*)?$")
 _FAST_KIND = {"adblock": SUBTREE}
-_CHUNK = 1 << 20
+_CHUNK = 1 << 17  # a regex pass over one chunk holds the GIL: keep it short
 
 
 def _chunks(text: str) -> Iterator[tuple[int, str]]:

@@ -165,7 +165,8 @@ def guard_violations(lists: Iterable[ListFile]) -> list[SourceError]:
                 if is_under(guard, entry.name):
                     errors.append(SourceError(
                         lst.path, entry.line,
-                        f"'{entry.name}' covers the guard '{guard}' ({guard_list.path}): block names under it one by one",
+                        f"'{entry.name}' covers the guard '{guard}' ({guard_list.path}): "
+                        "block names under it one by one",
                     ))
         for entry in lst.domains:
             if isinstance(entry, BulkEntry) and entry.names is not None:

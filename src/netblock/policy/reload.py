@@ -21,6 +21,7 @@ import dataclasses
 import glob
 import logging
 import os
+import sys
 import threading
 import time
 import zlib
@@ -140,6 +141,9 @@ def build_policy(config: Config, cached: bool = False) -> tuple[Policy | None, l
     return compile_policy(lists), []
 
 
+RELOAD_SWITCH_INTERVAL = 0.0001  # seconds
+
+
 def _release_memory() -> None:
     """Hand freed heap back to the system after a build (glibc); a big import leaves
     hundreds of MB of freed temporaries otherwise."""
@@ -181,6 +185,17 @@ class PolicyHolder:
 
     def reload(self, trigger: str = "SIGHUP") -> bool:
         """Build, validate and swap; on any problem keep the last good policy."""
+        # The build runs beside the event loop, whose every callback takes the GIL anew:
+        # with the default 5 ms switch interval it queues behind the build (convoy effect),
+        # so a big reload under load would delay answers by seconds.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(RELOAD_SWITCH_INTERVAL)
+        try:
+            return self._reload(trigger)
+        finally:
+            sys.setswitchinterval(interval)
+
+    def _reload(self, trigger: str) -> bool:
         with self._lock:
             config = self._reread_config()
             if config is None:
