@@ -17,11 +17,12 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from harness import REPO, Netblock, Nsd, free_port, wait_for
 from netblock.events import EventRecorder
 from netblock.store import SCHEMA_VERSION, PostgresStore, StoreError, open_store
 from test_events import BLOCK
 from test_events_server import write_lists
+
+from harness import REPO, Netblock, Nsd, free_port, wait_for
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is a test dependency (pyproject [test])")
 

@@ -317,8 +317,6 @@ class EventRecorder:
         lines: list[str] = []
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
         for event in batch:
-            if event[3].__class__ is bytes:  # the query path hands over the wire name as is
-                event = (*event[:3], from_wire(event[3]), *event[4:])  # type: ignore[assignment]
             identity = self.identify(event[1], event[2])
             if device_blocked is not None and identity.device.in_inventory:
                 name = identity.device.name
@@ -385,8 +383,14 @@ class EventRecorder:
             self.jsonl.purge(before)
 
 
+def _presentation(name: str | bytes) -> str:
+    """The query path hands over the wire name as it came; it is rendered here, off that path."""
+    return name if isinstance(name, str) else from_wire(name)
+
+
 def to_row(event: RawEvent, identity: Identity, instance: str) -> Row:
-    ts, client_ip, mac, name, qtype, rule, stage, protocol = event
+    ts, client_ip, mac, raw_name, qtype, rule, stage, protocol = event
+    name = _presentation(raw_name)
     device = identity.device
     return (ts, instance, device.name, 1 if device.in_inventory else 0, device.owner, device.department,
             identity.source, client_ip, identity.mac or mac, name, qtype_text(qtype), rule.list_name,
@@ -400,7 +404,8 @@ def _timestamp(ts: float) -> str:
 
 def to_document(event: RawEvent, instance: str = "", identity: Identity | None = None) -> dict[str, object]:
     """One event as an Elastic Common Schema document (netblock's own fields under `netblock`)."""
-    ts, client_ip, mac, name, qtype, rule, stage, protocol = event
+    ts, client_ip, mac, raw_name, qtype, rule, stage, protocol = event
+    name = _presentation(raw_name)
     if identity is None:
         identity = Identity(Device(client_ip, in_inventory=False), mac, "ip")
     device = identity.device
