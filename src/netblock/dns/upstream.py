@@ -36,6 +36,7 @@ class Upstream:
         self.stats = stats
         self.down_until = 0.0
         self.healthy = True
+        self.probed = False  # no health probe has been answered or failed yet
 
     def mark(self, ok: bool, down_seconds: float) -> None:
         if ok:
@@ -181,10 +182,12 @@ class Upstreams:
         try:
             await self._udp(server, b"\x00", wire.NS, wire.CLASS_IN, False, self.config.attempt_timeout)
         except (TimeoutError, OSError, UpstreamError):
-            if server.healthy:
+            if server.healthy or not server.probed:
                 log.warning("upstream %s is not answering", server.address)
+            server.probed = True
             server.mark(False, self.config.down_seconds)
             return
         if not server.healthy:
-            log.info("upstream %s is answering again", server.address)
+            log.info("upstream %s is answering%s", server.address, " again" if server.probed else "")
+        server.probed = True
         server.mark(True, 0)
