@@ -46,6 +46,8 @@ MIXES = ("a", "b", "c")
 NETBLOCK_VARIANTS: dict[str, dict[str, dict[str, object]]] = {
     "netblock-noevents": {"events": {"enabled": False}},
     "netblock-nometrics": {"metrics": {"enabled": False}},
+    "netblock-nowatch": {"policy": {"watch": False}},
+    "netblock-nodevices": {"devices": {"neighbours": False, "edns_mac": False}},
     "netblock-bare": {"events": {"enabled": False}, "metrics": {"enabled": False},
                       "devices": {"neighbours": False, "edns_mac": False}, "policy": {"watch": False}},
 }
