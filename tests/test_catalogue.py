@@ -1,6 +1,7 @@
 """The shipped catalogues against the reference data they were built from (table-driven).
 
-The reference lives in ../shared/reference/endpoints beside the checkout (CI gets a copy).
+The reference data (../shared/reference/endpoints) is copied into tests/data/reference, so the
+tests run from any clone; refresh the copy when the reference changes.
 Every row there must end up with the decision the notes call for.
 """
 
@@ -16,7 +17,7 @@ from netblock.policy.match import Policy, compile_policy, guard_violations
 from netblock.policy.reload import load_lists
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference" / "endpoints"
+REFERENCE = ROOT / "tests" / "data" / "reference" / "endpoints"  # a copy of shared/reference/endpoints
 BLOCKLISTS = ROOT / "blocklists"
 
 

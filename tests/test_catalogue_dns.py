@@ -16,7 +16,7 @@ import yaml
 
 from harness import BLOCKLISTS, Netblock, Nsd
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "endpoints"
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference" / "endpoints"  # copy of shared/reference
 ANSWER = "192.0.2.53"
 
 
