@@ -47,6 +47,7 @@ NETBLOCK_VARIANTS: dict[str, dict[str, dict[str, object]]] = {
     "netblock-noevents": {"events": {"enabled": False}},
     "netblock-nometrics": {"metrics": {"enabled": False}},
     "netblock-nowatch": {"policy": {"watch": False}},
+    "netblock-switch": {},  # bench/netblock_switch.py: GIL switch interval 0.5 ms
     "netblock-nodevices": {"devices": {"neighbours": False, "edns_mac": False}},
     "netblock-bare": {"events": {"enabled": False}, "metrics": {"enabled": False},
                       "devices": {"neighbours": False, "edns_mac": False}, "policy": {"watch": False}},
