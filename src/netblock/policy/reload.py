@@ -167,6 +167,8 @@ class PolicyHolder:
         self.last_audit: AuditRecord | None = None
         self.reloads_refused = 0  # also counted in stats.reload_failures
         self._lock = threading.Lock()
+        self._includes: list[str] = []
+        self._includes_for: Policy | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._fingerprint: tuple[tuple[str, tuple[int, int, int]], ...] = ()
@@ -294,10 +296,18 @@ class PolicyHolder:
         expanded again, so new and deleted files count), includes and URL copies."""
         paths = [self.config.path] if self.config.path else []
         paths += [str(p) for p in list_paths(self.config)]
-        if self.current is not None:
-            for lst in self.current.lists:
-                paths += include_locations(lst)
+        paths += self._includes_of(self.current)
         return tuple((p, _stat(p)) for p in sorted(set(paths)))
+
+    def _includes_of(self, policy: Policy | None) -> list[str]:
+        """Include locations of a policy, found once per policy: walking every entry of a
+        100k-entry list each second would hold the GIL for tens of ms beside the loop."""
+        if policy is None:
+            return []
+        if self._includes_for is not policy:
+            self._includes = [location for lst in policy.lists for location in include_locations(lst)]
+            self._includes_for = policy
+        return self._includes
 
     def start_watching(self) -> None:
         if self._threads:
