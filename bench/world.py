@@ -238,15 +238,16 @@ def build(root: Path, names: int = 10_000, blocked: int = 100_000, zone_count: i
 
 
 def write_netblock_list(path: Path, name: str, domains: list[str]) -> None:
-    """A netblock list file of plain subtree entries (the format of blocklists/*.yaml)."""
+    """A netblock list whose names are imported from a plain-domain file beside it (subtree
+    entries): the way operators load big third-party lists (README, Imports)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as out:
-        out.write(
-            f"name: {name}\nvendor: bench\npolicy: {{id: BENCH-1, title: synthetic bench list}}\n"
-            "action: block\nresponse: nxdomain\ndomains:\n"
-        )
-        for domain in domains:
-            out.write(f"  - {domain}\n")
+    names = path.with_name(path.name + ".txt")
+    with names.open("w") as out:
+        out.write("".join(f"{domain}\n" for domain in domains))
+    path.write_text(
+        f"name: {name}\nvendor: bench\npolicy: {{id: BENCH-1, title: synthetic bench list}}\n"
+        f"action: block\nresponse: nxdomain\ninclude:\n  - {{path: {names.name}, format: plain}}\n"
+    )
 
 
 def _write_lists(world: World) -> None:
