@@ -81,6 +81,18 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def terminate(proc: subprocess.Popen[Any], grace: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after `grace` seconds; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -149,12 +161,7 @@ remote-control:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            terminate(self.proc)
             self.proc = None
 
     def queries(self) -> int:
@@ -230,14 +237,7 @@ class Netblock:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        code = self.proc.returncode
+        code = terminate(self.proc, grace=10.0)  # the event writer drains for up to 5 s
         self.proc = None
         return code
 

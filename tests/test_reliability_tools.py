@@ -7,7 +7,6 @@ Everything talks to loopback only; every loop is bounded in count and time.
 from __future__ import annotations
 
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -17,7 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import free_port, wait_for
+from harness import free_port, terminate, wait_for
 
 QNAME = b"\x03www\x07example\x04test\x00"
 
@@ -252,12 +251,7 @@ forward-zone:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            terminate(self.proc)
             self.proc = None
 
     def __enter__(self) -> Unbound:
