@@ -233,9 +233,8 @@ class Inspector:
             pps=round(frames / elapsed) if elapsed > 0 else 0,
         )
 
-    def run_live(self, interface: str, ready: Path | None = None, duration: float = 0.0) -> dict[str, Any]:
-        capture = LiveCapture(interface, build_filter(self.loaded.networks))
-        self._start_enforcement(interface)
+    def _start_services(self, ready: Path | None, duration: float) -> float:
+        """Metrics, list watching and the event writer; the run's deadline (0: none)."""
         self._start_metrics()
         self._start_watch()
         if self.events is not None:
@@ -243,6 +242,12 @@ class Inspector:
         deadline = time.monotonic() + duration if duration else 0.0
         if ready is not None:
             ready.write_text("ready\n")
+        return deadline
+
+    def run_live(self, interface: str, ready: Path | None = None, duration: float = 0.0) -> dict[str, Any]:
+        capture = LiveCapture(interface, build_filter(self.loaded.networks))
+        self._start_enforcement(interface)
+        deadline = self._start_services(ready, duration)
         log.info("inspecting %s (enforce: %s)", interface, ",".join(self.enforce) or "none")
         try:
             capture.run(
@@ -274,13 +279,7 @@ class Inspector:
         self.sink.resetter = None  # the verdict path resets; the sink must not send twice
         if rules:
             nfqueue.install(queue)
-        self._start_metrics()
-        self._start_watch()
-        if self.events is not None:
-            self.events.start()
-        deadline = time.monotonic() + duration if duration else 0.0
-        if ready is not None:
-            ready.write_text("ready\n")
+        deadline = self._start_services(ready, duration)
         try:
             nfqueue.run_queue(
                 queue,
