@@ -25,7 +25,7 @@ import platform
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -117,22 +117,14 @@ class NetblockCollector(Collector):
         )
 
     def _queries(self, stats: Stats) -> Iterator[Metric]:
-        queries = CounterMetricFamily(
-            "netblock_queries_total", "DNS queries received, by transport", labels=["protocol"]
-        )
-        for protocol, n in dict(stats.queries).items():
-            queries.add_metric([protocol], n)
-        yield queries
-
-        responses = CounterMetricFamily(
+        yield _counter("netblock_queries_total", "DNS queries received, by transport", ["protocol"], stats.queries)
+        yield _counter(
             "netblock_responses_total",
             "DNS responses sent, by where the answer came from (blocked, cache, upstream, local, error) "
             "and response code",
-            labels=["source", "rcode"],
+            ["source", "rcode"],
+            stats.responses,
         )
-        for (source, rcode), n in dict(stats.responses).items():
-            responses.add_metric([source, rcode], n)
-        yield responses
 
         vendors = self._vendors()
         blocked = CounterMetricFamily(
@@ -145,19 +137,9 @@ class NetblockCollector(Collector):
             blocked.add_metric([list_name, vendors.get(list_name, ""), stage, action], n)
         yield blocked
 
-        refused = CounterMetricFamily(
-            "netblock_refused_total", "Queries answered REFUSED, by reason", labels=["reason"]
-        )
-        for reason, n in dict(stats.refused).items():
-            refused.add_metric([reason], n)
-        yield refused
-
-        dropped = CounterMetricFamily(
-            "netblock_dropped_total", "Queries dropped without an answer, by reason", labels=["reason"]
-        )
-        for reason, n in dict(stats.dropped).items():
-            dropped.add_metric([reason], n)
-        yield dropped
+        yield _counter("netblock_refused_total", "Queries answered REFUSED, by reason", ["reason"], stats.refused)
+        yield _counter("netblock_dropped_total", "Queries dropped without an answer, by reason", ["reason"],
+                       stats.dropped)
 
         duration = HistogramMetricFamily(
             "netblock_request_duration_seconds",
@@ -293,14 +275,12 @@ class NetblockCollector(Collector):
             value=0 if getattr(holder, "last_error", "") else 1,
         )
 
-        failures = CounterMetricFamily(
+        yield _counter(  # bounded: the URLs the lists name
             "netblock_list_source_failures_total",
             "Failed fetches of URL list sources since start (the on-disk copy stays in use)",
-            labels=["source"],
+            ["source"],
+            sources.failure_counts(),
         )
-        for url, count in sources.failure_counts().items():  # bounded: the URLs the lists name
-            failures.add_metric([url], count)
-        yield failures
 
     def _events(self, server: Any) -> Iterator[Metric]:
         events = getattr(server, "events", None)
@@ -322,15 +302,13 @@ class NetblockCollector(Collector):
         )
 
     def _inspector(self, stats: Stats) -> Iterator[Metric]:
-        detections = CounterMetricFamily(
+        yield _counter(
             "netblock_inspector_detections_total",
             "Packet-inspector detections, by kind (sni, quic, http-host, dns-bypass, dot, doh, ip; and, noted "
             "under list inspector: ech, esni, no-sni, quic-undecryptable) and list",
-            labels=["kind", "list"],
+            ["kind", "list"],
+            stats.inspector_detections,
         )
-        for (kind, list_name), n in dict(stats.inspector_detections).items():
-            detections.add_metric([kind, list_name], n)
-        yield detections
 
     def _devices(self, stats: Stats) -> Iterator[Metric]:
         devices = CounterMetricFamily(
@@ -342,6 +320,16 @@ class NetblockCollector(Collector):
             if device and not _looks_like_address(device):
                 devices.add_metric([device], n)
         yield devices
+
+
+def _counter(name: str, documentation: str, labels: list[str],
+             counts: Mapping[Any, int]) -> CounterMetricFamily:
+    """A labelled counter from a dict of plain ints kept on the query path (key: the label
+    value, or a tuple of them)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in dict(counts).items():  # a copy: the query path may add a key meanwhile
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
 
 
 # --- web config: TLS and basic auth ------------------------------------------------------------
