@@ -100,10 +100,8 @@ class DnsServer:
             self._record(query, client, rule, "query", proto)
             # 5. answer a blocked name
             if rule.action == "block":
-                answer = self._fit(query, wire.blocked_answer(query, rule, self.udp_payload), proto)
-                if proto == "udp":
-                    self._remember(data, query, answer, None, rule, "query", "blocked")
-                return self._done(answer, "blocked", None, started)
+                return self._reply(data, query, wire.blocked_answer(query, rule, self.udp_payload), proto,
+                                   "blocked", started, None, rule, "query")
         else:
             rule = None
         # 6. cache
@@ -113,14 +111,9 @@ class DnsServer:
             if entry.rule is not None:
                 self._record(query, client, entry.rule, entry.stage, proto)
                 answer = wire.blocked_answer(query, entry.rule, self.udp_payload, name_matched=False)
-                answer = self._fit(query, answer, proto)
-                if proto == "udp":
-                    self._remember(data, query, answer, entry, entry.rule, entry.stage, "blocked")
-                return self._done(answer, "blocked", None, started)
-            answer = self._fit(query, self._from_entry(query, entry), proto)
-            if proto == "udp":
-                self._remember(data, query, answer, entry, rule, "query", "cache")
-            return self._done(answer, "cache", None, started)
+                return self._reply(data, query, answer, proto, "blocked", started, entry, entry.rule, entry.stage)
+            return self._reply(data, query, self._from_entry(query, entry), proto, "cache", started, entry, rule,
+                               "query")
         # 7.-9. forward, inspect, store and reply: resolve()
         return query
 
@@ -141,6 +134,14 @@ class DnsServer:
                 return None
         return self._done(wire.simple_answer(query, wire.REFUSED, self.udp_payload), "refused", wire.REFUSED,
                           time.perf_counter())
+
+    def _reply(self, data: bytes, query: wire.Query, answer: bytes, proto: str, source: str, started: float,
+               entry: Entry | None, rule: Rule | None, stage: str) -> bytes:
+        """An answer found without forwarding: fitted to UDP, remembered for replays, counted."""
+        answer = self._fit(query, answer, proto)
+        if proto == "udp":
+            self._remember(data, query, answer, entry, rule, stage, source)
+        return self._done(answer, source, None, started)
 
     def _remember(self, data: bytes, query: wire.Query, answer: bytes, entry: Entry | None, rule: Rule | None,
                   stage: str, source: str) -> None:
