@@ -158,15 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        add_commands = getattr(module, "add_commands", None)
-        if add_commands is not None:
-            add_commands(sub)
+        importlib.import_module(module_name).add_commands(sub)
     return parser
 
 
