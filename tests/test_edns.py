@@ -23,7 +23,7 @@ import pytest
 
 from test_reliability_tools import Unbound
 
-from harness import Netblock, Nsd
+from harness import Netblock
 
 
 @dataclass(frozen=True)
@@ -135,12 +135,6 @@ def signature(reply: dns.message.Message | bytes) -> dict[str, Any]:
                          for r in reply.answer),
         "authority_types": sorted(dns.rdatatype.to_text(r.rdtype) for r in reply.authority),
     }
-
-
-@pytest.fixture(scope="module")
-def unbound(tmp_path_factory: pytest.TempPathFactory, upstream: Nsd) -> Iterator[Unbound]:
-    with Unbound(tmp_path_factory.mktemp("unbound"), upstream.address) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

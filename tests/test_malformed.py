@@ -61,12 +61,6 @@ CASES: dict[str, tuple[bytes, int | None]] = {
 
 
 @pytest.fixture(scope="module")
-def unbound(tmp_path_factory: pytest.TempPathFactory, upstream: Nsd) -> Iterator[Unbound]:
-    with Unbound(tmp_path_factory.mktemp("unbound"), upstream.address) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, upstream: Nsd) -> Iterator[Netblock]:
     # Rate limiting off: the blast below is one client sending 20,000 packets.
     config = {"access": {"rate_limit": {"queries": 0}}}
