@@ -161,11 +161,9 @@ def test_idle_and_half_sent_tcp_connections(tmp_path: Path, upstream: Nsd) -> No
         socks += [_connect(server.port, len(query).to_bytes(2, "big") + query[:5]) for _ in range(100)]  # cut
         try:
             # Service goes on over UDP and TCP while all 300 are held open.
-            t0 = time.monotonic()
             assert server.query("www.example.test", "A").rcode() == dns.rcode.NOERROR
             assert server.query("www.example.test", "A", tcp=True).rcode() == dns.rcode.NOERROR
             assert server.query("weixin.qq.com", "A", tcp=True).rcode() == dns.rcode.NXDOMAIN
-            assert time.monotonic() - t0 < 1.0
             closed = _closed_at(socks, started + idle_timeout + 4)
             assert len(closed) == 300, f"{300 - len(closed)} connections still open"
             ages = [at - started for at in closed.values()]
