@@ -70,12 +70,12 @@ def render(data: dict[str, Any]) -> str:
     s = data["settings"]
     lines = [
         f"## {m['date']} — commit {m['commit']}{' (src modified)' if m['dirty'] == 'yes' else ''}"
-        f" — {'quick' if s.quick else 'full'} run"
+        f" — {data['only'] + ' stage only' if data.get('only') else ('quick' if s.quick else 'full') + ' run'}"
         f"{' (STOPPED EARLY, see findings)' if data.get('failed') else ''}",
         "",
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, Python {m['python']}. "
         f"Peers: {m['peers']}.",
-        f"Command: `make bench` / `.venv/bin/python {data['command']}` "
+        f"Command: {'' if data.get('only') else '`make bench` / '}`.venv/bin/python {data['command']}` "
         f"(elapsed {data.get('elapsed_s', 0) / 60:.1f} min).",
     ]
     world = data.get("world")
@@ -85,13 +85,13 @@ def render(data: dict[str, Any]) -> str:
             f"{world['pairs']:,} resolvable name/type pairs); blocklist of {world['blocked_entries']:,} "
             f"entries (vendor lists + synthetic); {world['blocked_queries']:,} blocked queries."
         )
-    lines.append(
-        "dnsperf: `taskset -c 0 dnsperf -s 127.0.0.1 -p PORT -d mix-X.txt -c 10 -q 100 -T 1 -t 2 "
-        f"-l {_f(s.seconds, 0)}`; "
-        f"servers under `taskset -c 1`; warm-up `-n {s.warm_passes} -Q 40000` over mix b; "
-        f"{s.rounds} round(s), servers in rotated order; "
-        f"latency `-Q 2000 -l {_f(s.latency_seconds, 0)} -v` on mix c."
-    )
+        lines.append(
+            "dnsperf: `taskset -c 0 dnsperf -s 127.0.0.1 -p PORT -d mix-X.txt -c 10 -q 100 -T 1 -t 2 "
+            f"-l {_f(s.seconds, 0)}`; "
+            f"servers under `taskset -c 1`; warm-up `-n {s.warm_passes} -Q 40000` over mix b; "
+            f"{s.rounds} round(s), servers in rotated order; "
+            f"latency `-Q 2000 -l {_f(s.latency_seconds, 0)} -v` on mix c."
+        )
     lines.append("")
 
     tp = data.get("throughput")
@@ -233,6 +233,10 @@ def render(data: dict[str, Any]) -> str:
             ]
         lines.append("")
 
+    ins = data.get("inspector")
+    if ins:
+        lines += _inspector(ins.get("offline") or {}, ins.get("live") or {})
+
     rl = data.get("reload")
     if rl:
         lines += [
@@ -289,6 +293,50 @@ def render(data: dict[str, Any]) -> str:
             lines.append("- " + f.replace("\n", "\n  "))
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _inspector(off: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    rows = []
+    if "pps" in off:
+        rows.append(
+            f"| offline: pcap replay of `nbi_gen.mixed_frames({off['frames']:,})` (gateway mix), "
+            f"`taskset -c 1`, events off | {_f(off['pps'], 0)} packets/s (best of {len(off['samples'])}) | "
+            f"{_f(off['cpu_us'])} | samples {', '.join(f'{x:,}' for x in off['samples'])}; "
+            f"{off['packets']:,} of {off['frames']:,} inspected; by stage {off['by_stage']}; "
+            f"box busy {off['busy_before']:.2f} cores before |"
+        )
+    if live.get("measured"):
+        rows.append(
+            f"| live: `nbi_flood.py` ClientHello frames from the client namespace (`taskset -c 0`), "
+            f"`netblock inspect --interface` on the router (`taskset -c 1`), events on, "
+            f"{_f(live['seconds'], 0)} s | {_f(live['offered'], 0)} hellos/s offered | {_f(live['cpu_us'])} | "
+            f"sent {live['sent']:,}, inspected {live['packets']:,}, kernel drops {live['kernel_drops']:,}; "
+            f"sni {live['sni']:,} (expected {live['sni_expected']:,}); "
+            f"box busy {live['busy_before']:.2f} cores before |"
+        )
+    lines = ["### Packet inspector (bench/inspector.py; helpers from tests/inspect/)", ""]
+    if rows:
+        lines += ["| Run | Rate | CPU µs/packet | Detail |", "|---|---:|---:|---|", *rows, ""]
+    if "pps" in off:
+        offline_state = f"**{'met' if off['met'] else 'NOT met'}** ({_f(off['pps'], 0)} packets/s)"
+    else:
+        offline_state = f"**error** ({off.get('error', 'not run')})"
+    if live.get("measured"):
+        live_state = (
+            f"**{'met' if live['met'] else 'NOT met'}** (offered {_f(live['offered'], 0)}/s, "
+            f"inspected {live['packets']:,} of {live['sent']:,}, kernel drops {live['kernel_drops']:,})"
+        )
+    elif "error" in live:
+        live_state = f"**error** ({live['error']})"
+    else:
+        live_state = f"**not measured** ({live.get('reason', 'not run')})"
+    lines += [
+        f"- issue 6: offline >= {off.get('target', 40_000):,} packets/s on a mixed capture: {offline_state}",
+        f"- issue 6: live capture of {live.get('rate', 20_000):,} ClientHellos/s without drops "
+        f"(>= 90% offered, every hello inspected, 0 kernel drops): {live_state}",
+        "",
+    ]
+    return lines
 
 
 def append(path: Path, text: str) -> None:

@@ -5,12 +5,14 @@ Method (reference/performance.md): one world (NSD upstream, a 100k-name blocklis
 rendered for each server, query files per mix); dnsperf pinned to core 0 and each server
 to core 1; a warm-up; 3 rounds with the servers in rotated order; medians of clean runs
 (a run is repeated, at most twice, when other jobs used > 0.25 core during it); ratios
-netblock / peer from the same round. Then latency at 2,000 q/s, memory, list scale,
-reload under load, and optionally a 10-minute soak. Every process is stopped by PID.
+netblock / peer from the same round. Then latency at 2,000 q/s, memory, list scale, the
+packet inspector (bench/inspector.py), reload under load, and optionally a 10-minute soak.
+Every process is stopped by PID.
 
     bench/run.py --quick        a first look (short runs, one round)
     bench/run.py                the full suite
     bench/run.py --soak         the full suite plus the soak (issue 8)
+    bench/run.py --only inspector   the inspector stage alone (no DNS servers)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dnsperf
+import inspector
 import report
 import scale
 import servers
@@ -449,6 +452,18 @@ def soak(procs: Procs, world: World, nsd: servers.Server, s: Settings) -> dict[s
     }
 
 
+# ---- packet inspector (issue 6) -------------------------------------------------------------
+
+
+def inspector_stage(workdir: Path, s: Settings, data: dict[str, object], findings: list[str]) -> None:
+    print("bench: packet inspector (offline mixed capture; live 20,000 ClientHellos/s)")
+    result = inspector.run(
+        workdir / "inspector", s.quick, (LOADGEN_CPU, SERVER_CPU), s.idle_wait if s.in_budget() else 0
+    )
+    findings.extend(f"inspector {part}: {v['error']}" for part, v in result.items() if "error" in v)
+    data["inspector"] = result
+
+
 # ---- the whole run ---------------------------------------------------------------------------
 
 
@@ -468,7 +483,8 @@ def main() -> int:
                         help="time for throughput + latency before idle waits and repeats stop (default 30)")
     parser.add_argument("--seconds", type=float, default=0.0, help="length of each dnsperf run")
     parser.add_argument("--servers", default="netblock,dnsmasq,unbound")
-    parser.add_argument("--skip", default="", help="comma list of: scale,reload,latency")
+    parser.add_argument("--skip", default="", help="comma list of: scale,reload,latency,inspector")
+    parser.add_argument("--only", choices=["inspector"], help="run this stage alone, without the DNS servers")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -478,7 +494,8 @@ def main() -> int:
     if os.cpu_count() and os.cpu_count() < 2:  # type: ignore[operator]
         print("bench: needs 2 CPUs (one for dnsperf, one for the server)")
         return 2
-    for tool in ("nsd", "dnsperf", "taskset", *(t for t in ("dnsmasq", "unbound") if t in wanted)):
+    dns_tools = () if args.only else ("nsd", "dnsperf", *(t for t in ("dnsmasq", "unbound") if t in wanted))
+    for tool in ("taskset", *dns_tools):
         if not shutil.which(tool):
             print(f"bench: {tool} not found (make system-deps installs it)")
             return 2
@@ -494,6 +511,10 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C, so the `finally` below stops every process by PID.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.only == "inspector":
+            data["only"] = args.only
+            inspector_stage(workdir, s, data, findings)
+            return 0  # the `finally` below renders and records it
         world = build(workdir / "world")
         data["world"] = {
             "zones": len(world.zones),
@@ -581,6 +602,8 @@ def main() -> int:
         if "scale" not in skip:
             print("bench: list scale")
             data["scale"] = scale.run(workdir, s.sizes, str(servers.VENV_PYTHON))
+        if "inspector" not in skip:
+            inspector_stage(workdir, s, data, findings)
         if "reload" not in skip and "netblock" in wanted:
             size = 1_000_000 if not s.quick else 100_000
             print(f"bench: reload of a {size:,}-name policy under 2,000 q/s")
