@@ -1,6 +1,7 @@
 """Inspector parsers and detection on real protocol bytes made in-process (OpenSSL
 ClientHellos through a memory BIO, aioquic Initials), the RFC 9001 Appendix A vector,
-fuzzing of every parser, and the offline throughput on a mixed capture."""
+fuzzing of every parser, and a mixed capture replayed with every packet inspected.
+Speed targets are checked by `make bench` (bench/inspector.py), never here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -436,23 +436,39 @@ def test_fuzz_engine_frames(config, data: st.DataObject) -> None:  # type: ignor
             engine.handle(pkt)
 
 
-# -- offline throughput, CLI ----------------------------------------------------------
+# -- offline mixed capture, CLI --------------------------------------------------------
 
 
-def test_offline_mixed_capture_rate(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def expected_stages(frames: list[bytes]) -> dict[str, int]:
+    """What the mix must yield, read off the frames themselves (all IPv4 without options)."""
+    out = {"sni": 0, "quic": 0, "dns-bypass": 0}
+    for i, frame in enumerate(frames):
+        proto, dport = frame[23], int.from_bytes(frame[36:38], "big")
+        if proto == 6 and b"weixin.qq.com" in frame:  # the blocked hello: its SNI is plain text
+            out["sni"] += 1
+        elif proto == 17 and dport == 443 and frame[42] & 0xC0 == 0xC0:
+            out["quic"] += i % 2  # mixed_frames alternates initials[i % 2]; [1] names weixin.qq.com
+        elif proto == 17 and dport == 53:  # to 10.0.0.53, not the configured resolver
+            out["dns-bypass"] += 1
+    return out
+
+
+def test_offline_mixed_capture_inspects_every_packet(config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every frame of the gateway-like mix is decoded and inspected, and each blocked name and
+    foreign DNS query comes out exactly once. Its rate target is bench/inspector.py's."""
     frames = gen.mixed_frames(60_000)
     path = tmp_path / "mix.pcap"
     gen.write_pcap(path, frames)
-    best = 0.0
-    for _ in range(2):
-        inspector = Inspector(config, ())
-        inspector.events = inspector.sink.events = None
-        started = time.perf_counter()
-        summary = inspector.run_pcap(str(path))
-        best = max(best, summary["frames"] / (time.perf_counter() - started))
-        assert summary["by_stage"]["sni"] > 50 and summary["by_stage"]["quic"] > 100
-    print(f"offline mixed capture: {best:,.0f} packets/s")
-    assert best >= 40_000
+    inspector = Inspector(config, ())
+    inspector.events = inspector.sink.events = None
+    summary = inspector.run_pcap(str(path))
+    print(f"offline mixed capture: {summary['pps']:,} packets/s (informational; `make bench` checks the target)")
+    assert summary["frames"] == summary["decoded"] == summary["packets"] == len(frames)
+    expected = expected_stages(frames)
+    assert min(expected.values()) > 100  # the mix holds every kind, so the equality below means something
+    assert summary["by_stage"] == expected
+    assert summary["detections"] == sum(expected.values())
+    assert not any(summary["notes"].values()), summary["notes"]  # no ECH, no missing SNI, all decrypted
 
 
 def test_cli_pcap_json_and_events(tmp_path: Path) -> None:
