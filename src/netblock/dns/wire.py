@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from netblock.policy.rule import Rule
+from netblock.policy.rule import Rule, ede_text
 
 A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, OPT, IXFR, AXFR, ANY = 1, 2, 5, 6, 12, 15, 16, 28, 41, 251, 252, 255
 CLASS_IN = 1
@@ -187,7 +187,7 @@ def blocked_answer(query: Query, rule: Rule, udp_size: int = 1232, name_matched:
     counts = _HHHH.pack(1, ancount, 1 if authority else 0, 1 if query.edns else 0)
     message = query.data[:2] + _flags(query, rcode) + counts + query.question + b"".join(answers) + authority
     if query.edns:
-        message += opt_record(udp_size, query.do, 0, ede_option(EDE_BLOCKED, rule.ede_text))
+        message += opt_record(udp_size, query.do, 0, ede_option(EDE_BLOCKED, ede_text(rule)))
     return message
 
 

@@ -178,6 +178,18 @@ class NameSet:
             index += 1
         return -1
 
+    @staticmethod
+    def text(wire: bytes) -> str:
+        """A wire name of a NameSet as its imported text: built by joining text labels, so
+        no label holds a dot or needs escaping (names.from_wire checks every label)."""
+        labels = []
+        offset = 0
+        while length := wire[offset]:
+            offset += 1
+            labels.append(wire[offset : offset + length])
+            offset += length
+        return b".".join(labels).decode("ascii")
+
     def items(self) -> Iterator[tuple[bytes, int]]:
         """(wire name, tag) in source order."""
         blob, offsets, tags = self.blob, self.offsets, self.tags

@@ -13,10 +13,10 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from netblock.names import from_wire, is_under, normalise, to_wire
+from netblock.names import is_under, normalise, to_wire
 from netblock.policy.importers import BELOW, EXACT, HASH_MASK, NODATA, SUBTREE, BulkEntry, NameSet
 from netblock.policy.lists import Entry, ListFile
-from netblock.policy.rule import PRECEDENCE, Rule, ede_text_for
+from netblock.policy.rule import PRECEDENCE, Rule, citing, ede_text_for
 from netblock.yamlsrc import SourceError
 
 
@@ -44,7 +44,6 @@ class Policy:
     digest: str = ""
     # Imported names (importers.NameSet), with a rule per slot tag; probed after the dicts.
     bulk: tuple[tuple[NameSet, tuple[Rule | None, ...]], ...] = ()
-    _hits: dict[tuple[int, bytes], Rule] = field(default_factory=dict, repr=False)
 
     def match_wire(self, wire: bytes) -> Rule | None:
         """The deciding rule for a lower-cased, uncompressed wire name, or None."""
@@ -76,7 +75,7 @@ class Policy:
             rule = table.get(part)
             if rule is None or rule.action != "allow":
                 value = hash(part) & HASH_MASK
-                for index, (names, rules) in enumerate(self.bulk):
+                for names, rules in self.bulk:
                     bucket = value >> names.shift
                     if names.starts[bucket] == names.starts[bucket + 1]:
                         continue  # the common miss: an empty bucket
@@ -84,7 +83,7 @@ class Policy:
                     if tag >= 0:
                         template = rules[tag]
                         if template is not None and _better(template, rule):
-                            rule = self._hit(index, part, template)
+                            rule = self._hit(part, template)
             if rule is not None:
                 return rule
             table = self.suffix
@@ -92,19 +91,12 @@ class Policy:
             part = wire[offset:]
         return None
 
-    def _hit(self, index: int, wire: bytes, template: Rule) -> Rule:
-        """The template with the matched name as its pattern (cited in EDE and events)."""
-        key = (index, wire)
-        rule = self._hits.get(key)
-        if rule is None:
-            pattern = from_wire(wire).rstrip(".")
-            t = template  # built field by field: dataclasses.replace costs several µs a query
-            rule = Rule(t.list_name, t.vendor, pattern, t.kind, t.action, t.response, t.policy, t.block_ttl,
-                        t.origin, t.role, ede_text_for(t.list_name, pattern, t.policy))
-            if len(self._hits) >= 65536:  # bounded: a flood of distinct blocked names cannot grow it
-                self._hits.clear()
-            self._hits[key] = rule
-        return rule
+    @staticmethod
+    def _hit(wire: bytes, template: Rule) -> Rule:
+        """The template citing the matched name (in EDE texts and events). Not cached: with
+        the name in text form built directly it costs about a microsecond, and a cache of
+        hits misses anyway when a flood of distinct names comes in."""
+        return citing(template, NameSet.text(wire))
 
     def match_name(self, name: str) -> Rule | None:
         return self.match_wire(to_wire(normalise(name)))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 ACTIONS = ("allow", "block", "monitor")
 # At equal specificity allow beats block beats monitor (DESIGN.md).
@@ -41,6 +42,35 @@ class Rule:
     @property
     def describe(self) -> str:
         return f"{self.list_name} ({self.pattern})"
+
+
+_SETTERS: tuple[Callable[[Rule, object], None], ...] = tuple(getattr(Rule, f.name).__set__ for f in fields(Rule))
+_new = object.__new__
+
+
+def citing(template: Rule, pattern: str) -> Rule:
+    """The template of an imported list naming the name that matched. Its EDE text is left
+    empty (built when an EDNS answer needs it: ede_text()). Called on every blocked query for
+    an imported name: the slots are set directly, at half the cost of the frozen __init__."""
+    rule = _new(Rule)
+    (list_name, vendor, set_pattern, kind, action, response, policy, block_ttl, origin, role,
+     ede_text) = _SETTERS
+    list_name(rule, template.list_name)
+    vendor(rule, template.vendor)
+    set_pattern(rule, pattern)
+    kind(rule, template.kind)
+    action(rule, template.action)
+    response(rule, template.response)
+    policy(rule, template.policy)
+    block_ttl(rule, template.block_ttl)
+    origin(rule, template.origin)
+    role(rule, template.role)
+    ede_text(rule, b"")
+    return rule
+
+
+def ede_text(rule: Rule) -> bytes:
+    return rule.ede_text or ede_text_for(rule.list_name, rule.pattern, rule.policy)
 
 
 def ede_text_for(list_name: str, pattern: str, policy: Citation) -> bytes:
