@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import free_port, terminate, wait_for
+from harness import Nsd, free_port, terminate, wait_for
 
 QNAME = b"\x03www\x07example\x04test\x00"
 
@@ -111,6 +111,16 @@ def metric(text: str, name: str, labels: str = "") -> float:
     pattern = "^" + re.escape(name) + label_part + r" (\S+)$"
     match = re.search(pattern, text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def upstream_queries(nsd: Nsd, qtype: str) -> int:
+    """How many queries of one type NSD has answered. Unlike Nsd.queries(), the `. NS` health
+    probe every netblock sends each 30 s does not count, whenever it falls in a test's window."""
+    out = subprocess.run(["nsd-control", "-c", str(nsd.conf), "stats_noreset"], capture_output=True, text=True,
+                         timeout=10).stdout
+    match = re.search(rf"^num\.type\.{qtype}=(\d+)", out, re.M)
+    assert match, out
+    return int(match.group(1))
 
 
 def rss_kb(pid: int) -> int:
