@@ -28,9 +28,12 @@ def _ede_codes(response: dns.message.Message) -> list[int]:
     return [int(o.code) for o in response.options if isinstance(o, dns.edns.EDEOption)]
 
 
+WINDOW = 6  # s: 1.3 s of waiting and a few ms of checks inside it, with room for a loaded machine
+
+
 def test_expired_answer_served_stale_within_window(tmp_path: Path) -> None:
     nsd = Nsd(tmp_path / "nsd", zones={"stale.test": ZONE}).start()
-    config = {"cache": {"serve_stale": True, "stale_ttl": 7, "stale_window": 3, "min_ttl": 0},
+    config = {"cache": {"serve_stale": True, "stale_ttl": 7, "stale_window": WINDOW, "min_ttl": 0},
               "upstreams": {"health_interval": 0}}
     try:
         with Netblock(tmp_path / "nb", [nsd.address], config=config) as server:
@@ -38,10 +41,12 @@ def test_expired_answer_served_stale_within_window(tmp_path: Path) -> None:
             assert fresh.answer[0].ttl <= 1 and not _ede_codes(fresh)
             cached_at = time.monotonic()
             nsd.stop()  # every upstream fails from now on
-            time.sleep(1.3)  # past the 1 s TTL: expired, inside the 3 s window
+            time.sleep(1.3)  # past the 1 s TTL: expired, inside the window
             started = time.monotonic()
             stale = server.query("a.stale.test", "A")
-            assert time.monotonic() - started < 2.5  # no longer than the upstream timeout
+            # Behaviour, not speed: stale comes as soon as the upstream attempt fails (refused:
+            # milliseconds), never after the 2 s upstream timeout is over.
+            assert time.monotonic() - started < 2.5
             assert stale.rcode() == dns.rcode.NOERROR
             assert [r.to_text() for r in stale.answer[0]] == ["192.0.2.51"]
             assert stale.answer[0].ttl == 7
@@ -52,7 +57,7 @@ def test_expired_answer_served_stale_within_window(tmp_path: Path) -> None:
             assert server.query("weixin.qq.com", "A").rcode() == dns.rcode.NXDOMAIN
             assert metric(scrape(server.metrics_port), "netblock_cache_stale_served_total") == 2
             # Past the window: SERVFAIL with EDE 22 (No Reachable Authority).
-            time.sleep(max(0.0, cached_at + 1 + 3 + 0.5 - time.monotonic()))
+            time.sleep(max(0.0, cached_at + 1 + WINDOW + 0.5 - time.monotonic()))
             late = server.query("a.stale.test", "A")
             assert late.rcode() == dns.rcode.SERVFAIL
             assert _ede_codes(late) == [dns.edns.EDECode.NO_REACHABLE_AUTHORITY]
