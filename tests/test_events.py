@@ -174,7 +174,7 @@ def test_stop_flushes_what_is_queued(tmp_path: Path) -> None:
         rec.record(time.time(), "10.0.0.1", "", "weixin.qq.com.", 1, BLOCK, "query", "udp")
     started = time.monotonic()
     rec.stop()
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 10  # stop() is bounded (5 s of draining), not a speed claim
     assert rec.written == 3000
     assert len(read_lines(tmp_path / "e.jsonl")) == 3000
 

@@ -28,7 +28,8 @@ def test_make_run_serves_within_five_seconds(tmp_path: Path, upstream: Nsd) -> N
     settings["metrics"]["listen"] = f"127.0.0.1:{free_port()}"
     config = tmp_path / "netblock.yaml"
     config.write_text(yaml.safe_dump(settings))
-    # Installing is part of `make run` on a fresh clone; the 5 s are for serving.
+    # Installing is part of `make run` on a fresh clone; the 5 s are for serving. The bound is
+    # the must-show, not a speed target: start-up takes under 1 s here.
     subprocess.run(["make", "-s", ".venv/.runtime"], cwd=REPO, check=True, timeout=600, capture_output=True)
     started = time.monotonic()
     proc = subprocess.Popen(["make", "-s", "run", f"CONFIG={config}"], cwd=REPO, stdout=subprocess.PIPE,
