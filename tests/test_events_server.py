@@ -123,7 +123,9 @@ def device_metric(nb: Netblock, device: str) -> float:
 def test_three_clients_counts_per_device(server: Netblock) -> None:
     plan = {"127.0.0.2": 7, "127.0.0.3": 3, "127.0.0.4": 5}
     before = db_count(server)
-    started = f"{time.time():.3f}"  # this test's events only, whatever ran before it
+    # This test's events only, whatever ran before it. Truncated: rounded up, the start could
+    # fall after an event recorded within the next half millisecond.
+    started = f"{int(time.time() * 1000) / 1000:.3f}"
     metric_before = device_metric(server, "laptop-two")
     for source, count in plan.items():
         for i in range(count):
@@ -226,7 +228,7 @@ def test_hostile_names_give_valid_json_lines(server: Netblock) -> None:
 
 
 def test_events_follow_prints_new_events(server: Netblock) -> None:
-    started = f"{time.time():.3f}"
+    started = f"{int(time.time() * 1000) / 1000:.3f}"  # truncated, like above
     server.query("follow0.wechat.com", source="127.0.0.4")  # before the follower: printed as history
     command = [sys.executable, "-m", "netblock", "events", "--follow", "--since", started, "--count", "3"]
     command += ["--timeout", "30", "--format", "json", "--interval", "0.1", "-c", str(server.config_path)]
