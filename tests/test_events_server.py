@@ -357,8 +357,9 @@ def test_full_events_filesystem_dns_keeps_answering(tmp_path: Path, upstream: Ns
         for i in range(50):
             assert nb.query(f"c{i}.weixin.qq.com", source="127.0.0.4").rcode() == dns.rcode.NXDOMAIN
         assert wait_for(lambda: stored() == before + 50, 15), (stored(), before, nb.log())
-        assert "resumed" in nb.log()
-        assert metric(nb, "netblock_events_written_total") == stored()
+        # The writer counts and logs just after its commit: poll, do not read once.
+        assert wait_for(lambda: "resumed" in nb.log(), 10), nb.log()
+        assert wait_for(lambda: metric(nb, "netblock_events_written_total") == stored(), 10)
         for line in (mount / "events.jsonl").read_bytes().split(b"\n")[:-1]:
             json.loads(line)
     finally:
