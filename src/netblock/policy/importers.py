@@ -29,7 +29,7 @@ import threading
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate, islice
+from itertools import accumulate, islice, repeat
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,7 @@ class NameSet:
     false positives. Python's hash is per process: a NameSet never leaves its process.
     """
 
-    __slots__ = ("blob", "count", "digest", "offsets", "shift", "slots", "starts", "tag", "tags")
+    __slots__ = ("blob", "count", "depths", "digest", "offsets", "shift", "slots", "starts", "tag", "tags")
 
     def __init__(self, names: list[str], tags: list[int] | None = None, tag: int = EXACT) -> None:
         # Built in a reload thread while the event loop answers queries: no single C call
@@ -129,6 +129,12 @@ class NameSet:
             raise ValueError(f"more than {1 << _INDEX_BITS} names in one source")
         self.tag = tag  # of every name when `tags` is None (one kind of entry in the source)
         self.count = len(names)
+        # Bit n set: some name has n labels. A lookup skips the levels of a query name that
+        # no name here can match, without hashing or touching the big arrays.
+        dots: set[int] = set()
+        for start in range(0, len(names), _SLICE):
+            dots.update(map(str.count, names[start : start + _SLICE], repeat(".")))
+        self.depths = sum(1 << (count + 1) for count in dots)
         wires = wires_of(names)
         del names
         self.blob = b"".join(wires)

@@ -66,16 +66,26 @@ class Policy:
                 return rule
 
     def _match_with_bulk(self, wire: bytes) -> Rule | None:
-        # Same walk, but each level also asks the NameSets (keyed by wire suffixes too).
-        # At one level the usual precedence (allow > block > monitor) decides.
-        table = self.full
+        # Same walk, but each level also asks the NameSets (keyed by wire suffixes too) that
+        # hold names with that many labels. At one level the usual precedence (allow > block
+        # > monitor) decides.
+        starts = []
         offset = 0
-        part = wire
-        while wire[offset]:
+        while length := wire[offset]:
+            starts.append(offset)
+            offset += length + 1
+        depth = len(starts)
+        table = self.full
+        for offset in starts:
+            part = wire[offset:] if offset else wire
             rule = table.get(part)
             if rule is None or rule.action != "allow":
-                value = hash(part) & HASH_MASK
+                value = -1
                 for names, rules in self.bulk:
+                    if not names.depths >> depth & 1:
+                        continue
+                    if value < 0:
+                        value = hash(part) & HASH_MASK
                     bucket = value >> names.shift
                     if names.starts[bucket] == names.starts[bucket + 1]:
                         continue  # the common miss: an empty bucket
@@ -87,8 +97,7 @@ class Policy:
             if rule is not None:
                 return rule
             table = self.suffix
-            offset += wire[offset] + 1
-            part = wire[offset:]
+            depth -= 1
         return None
 
     @staticmethod
