@@ -87,6 +87,13 @@ def wires_of(names: list[str]) -> list[bytes]:
     return wires
 
 
+def release(items: list[Any]) -> None:
+    """Empty a big list a slice at a time. Freeing a million objects is one C call that holds
+    the GIL for tens of ms: answers would wait behind a reload."""
+    while items:
+        del items[-_SLICE:]
+
+
 def _running_sum(pieces: Iterable[array[int]]) -> array[int]:
     """0 and the running totals of the pieces' items, one slice per C call."""
     out = array("I", [0])
@@ -137,13 +144,13 @@ class NameSet:
         self.depths = sum(1 << (count + 1) for count in dots)
         wires = wires_of(names)
         del names
-        self.blob = b"".join(wires)
+        self.blob = b"".join([b"".join(wires[start : start + _SLICE]) for start in range(0, len(wires), _SLICE)])
         self.digest = hashlib.sha256(self.blob).hexdigest()[:16]
         self.offsets = _running_sum(array("I", map(len, wires[start : start + _SLICE]))
                                     for start in range(0, len(wires), _SLICE))
         mask = HASH_MASK
         packed = [(h & mask) << _INDEX_BITS | i for i, h in enumerate(map(hash, wires))]
-        del wires
+        release(wires)
         # About two buckets a name: most misses stop at an empty bucket. A lookup scans its
         # whole bucket, so slots only need grouping by bucket (a counting sort), not sorting.
         bits = max(4, min(40, self.count.bit_length() + 1))
@@ -160,6 +167,7 @@ class NameSet:
             slots[fill[bucket]] = value
             fill[bucket] += 1
         self.slots = slots
+        release(packed)
 
     def __len__(self) -> int:
         return self.count
@@ -479,16 +487,16 @@ def parse_text(text: str, fmt: str, path: str, match: str | None = None) -> Pars
         text = text[1:]
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = text.lower()
     if fmt == "rpz":
         state = _RpzState()
-        for number, line in enumerate(text.split("\n"), 1):
+        for number, line in enumerate(text.lower().split("\n"), 1):
             _careful(_rpz_line, line, out, path, number, state)
         return out
     fast = _FAST[fmt]
     fast_kind = _FAST_KIND.get(fmt, kind)
     line_parser = {"hosts": _hosts_line, "plain": _plain_line, "adblock": _adblock_line}[fmt]
-    for first, chunk in _chunks(text):
+    for first, original in _chunks(text):
+        chunk = original.lower()  # a chunk at a time, as everything here: see _CHUNK
         found = fast.findall(chunk)
         # One match per line, counting the empty line after a final newline.
         if len(found) == chunk.count("\n") + 1:
@@ -666,7 +674,7 @@ def _add_parsed(result: Imported, parsed: Parsed, include: Include, fmt: str, sh
     meta = {"source": include.source, "format": fmt, "location": include.location}
     if everything:
         nameset = NameSet(everything, tags, next(iter(parsed.names)))
-        del everything
+        release(everything)
         result.domains.append(BulkEntry(name=f"include:{include.source}", line=include.line, role="imported",
                                         meta=meta, names=nameset, source=include.source, format=fmt))
     for name, exact, line in parsed.allow:
