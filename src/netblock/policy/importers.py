@@ -53,6 +53,7 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = _LABEL + r"(?:\." + _LABEL + r")*"
 _INDEX_BITS = 24  # a NameSet holds at most 16M names
 _SLICE = 1 << 16  # items per C call while building: each holds the GIL only a few ms
+_PART = 1 << 18  # names per dedupe dict: its last resize copies this many
 HASH_MASK = (1 << 40) - 1
 
 
@@ -85,6 +86,24 @@ def wires_of(names: list[str]) -> list[bytes]:
         parts[1::2] = labels
         wires.extend(_WIRE_NAME.findall(b"".join(parts))[: len(batch)])
     return wires
+
+
+def _unique(names: list[str]) -> list[str]:
+    """The names without repeats, in source order. Seen names are kept in several dicts of
+    at most _PART names: growing one dict to a million would resize it in a single C call
+    that holds the GIL for ~50 ms (answers wait behind a reload)."""
+    parts: list[dict[str, None]] = [{}]
+    unique: list[str] = []
+    for start in range(0, len(names), _SLICE):
+        fresh = dict.fromkeys(names[start : start + _SLICE])
+        for part in parts:
+            for repeat_ in fresh.keys() & part.keys():  # nearly always empty
+                del fresh[repeat_]
+        if len(parts[-1]) >= _PART:
+            parts.append({})
+        parts[-1].update(fresh)
+        unique.extend(fresh)
+    return unique
 
 
 def release(items: list[Any]) -> None:
@@ -126,11 +145,7 @@ class NameSet:
             self.tags: array[int] | None = array("B", [t for _, t in unique])
             del unique
         else:
-            seen: dict[str, None] = {}
-            for start in range(0, len(names), _SLICE):
-                seen.update(dict.fromkeys(names[start : start + _SLICE]))
-            names = list(seen)
-            del seen
+            names = _unique(names)
             self.tags = None
         if len(names) >= 1 << _INDEX_BITS:
             raise ValueError(f"more than {1 << _INDEX_BITS} names in one source")
