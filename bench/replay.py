@@ -29,7 +29,7 @@ import world as bench_world
 from servers import netblock_config
 
 from netblock.config import load_config
-from netblock.dns.server import DnsServer
+from netblock.dns.server import DnsServer, settle_collector
 
 
 def packets(mix_file: Path, edns: bool) -> list[bytes]:
@@ -72,6 +72,7 @@ def main() -> int:
     conf = netblock_config(root, 53000, "127.0.0.1:53001", world.netblock_lists, 53002)
     server = DnsServer(load_config(conf))
     server.holder.load_initial()
+    settle_collector()  # as DnsServer.start() does
     if not args.no_writer:
         server.events.start()
     queries = packets(world.mix(args.mix), args.edns)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from netblock.config import Config
     from netblock.stats import Stats
 
+WRITER_NICE = 10
 log = logging.getLogger(__name__)
 
 # (time, client ip, client mac or "", name in presentation form, qtype, rule, stage, protocol)
@@ -278,6 +279,10 @@ class EventRecorder:
             self.jsonl.close()
 
     def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+        except (AttributeError, OSError):
+            pass
         deadline = 0.0
         while True:
             if self._stop and not deadline:
