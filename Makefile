@@ -17,6 +17,10 @@ $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 	$(PIP) install -q -e '.[test,dev]'
 	touch $@
 
+$(VENV)/.bench: pyproject.toml $(VENV)/.test
+	$(PIP) install -q -e '.[test,dev,bench]'
+	touch $@
+
 venv: $(VENV)/.runtime
 
 run: $(VENV)/.runtime
@@ -40,7 +44,7 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-bench: system-deps $(VENV)/.test
+bench: system-deps $(VENV)/.bench
 	$(PY) bench/run.py
 
 fuzz: $(VENV)/.test
