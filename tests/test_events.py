@@ -407,3 +407,35 @@ def test_events_file_on_dev_full(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert rec.dropped == 0  # the database, the primary store, has them all
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "/dev/full" in errors[0] and events_module.ERROR_INTERVAL == 60.0
+
+
+def test_repeated_events_keep_their_own_time_and_the_current_device_name(tmp_path: Path) -> None:
+    """The writer renders a repeated event once; its time and a renamed device still show."""
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text("devices:\n  - name: desk-1\n    ips: [10.1.1.1]\n")
+    config = Config(
+        events=Events(sqlite="e.db", jsonl="e.jsonl", flush_interval=0.02),
+        devices=Devices(inventory="inv.yaml", neighbours=False),
+        path=str(tmp_path / "n.yaml"),
+    )
+    rec = EventRecorder.from_config(config)
+    rec.start()
+    try:
+        for ts in (1_700_000_000.25, 1_700_000_001.5):
+            rec.record(ts, "10.1.1.1", "", b"\x06weixin\x02qq\x03com\x00", 1, BLOCK, "query", "udp")
+        assert wait_until(lambda: rec.written == 2)
+        inventory.write_text("devices:\n  - name: desk-1-renamed\n    ips: [10.1.1.1]\n")
+        assert rec.identifier is not None
+        rec.identifier.refresh()
+        rec.record(1_700_000_002.75, "10.1.1.1", "", b"\x06weixin\x02qq\x03com\x00", 1, BLOCK, "query", "udp")
+        assert wait_until(lambda: rec.written == 3)
+    finally:
+        rec.stop()
+    rows = sqlite3.connect(tmp_path / "e.db").execute("SELECT ts, device, name FROM events ORDER BY id").fetchall()
+    assert rows == [(1_700_000_000.25, "desk-1", "weixin.qq.com."), (1_700_000_001.5, "desk-1", "weixin.qq.com."),
+                    (1_700_000_002.75, "desk-1-renamed", "weixin.qq.com.")]
+    docs = read_lines(tmp_path / "e.jsonl")
+    assert [d["@timestamp"] for d in docs] == ["2023-11-14T22:13:20.250Z", "2023-11-14T22:13:21.500Z",
+                                               "2023-11-14T22:13:22.750Z"]
+    assert [d["netblock"]["device"]["name"] for d in docs] == ["desk-1", "desk-1", "desk-1-renamed"]  # type: ignore[index]
+    assert docs[0]["dns"] == docs[2]["dns"] == {"question": {"name": "weixin.qq.com.", "type": "A"}, "type": "query"}

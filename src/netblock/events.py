@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from netblock.stats import Stats
 
 WRITER_NICE = 10
+RENDERED_MAX = 50_000  # rendered events kept for repeats
 log = logging.getLogger(__name__)
 
 # (time, client ip, client mac or "", name in presentation form, qtype, rule, stage, protocol)
@@ -191,6 +193,7 @@ class EventRecorder:
         self._thread: threading.Thread | None = None
         self._next_retention = 0.0
         self._next_connect = 0.0
+        self._rendered: dict[tuple[object, ...], tuple[Rule, Identity, tuple[object, ...], str]] = {}
 
     @classmethod
     def from_config(cls, config: Config, stats: Stats | None = None) -> EventRecorder:
@@ -321,15 +324,27 @@ class EventRecorder:
         rows: list[Row] = []
         lines: list[str] = []
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
+        rendered = self._rendered
         for event in batch:
-            identity = self.identify(event[1], event[2])
+            ts, client_ip, mac, raw_name, qtype, rule, stage, protocol = event
+            identity = self.identify(client_ip, mac)
             if device_blocked is not None and identity.device.in_inventory:
                 name = identity.device.name
                 device_blocked[name] = device_blocked.get(name, 0) + 1
+            # A device repeats its queries: all but the time is rendered once. The value
+            # holds the rule and identity, so their ids in the key cannot be reused.
+            key = (raw_name, qtype, client_ip, mac, stage, protocol, id(rule), id(identity))
+            found = rendered.get(key)
+            if found is None or found[0] is not rule or found[1] is not identity:
+                found = (rule, identity, to_row(event, identity, self.instance)[1:],
+                         _json_after_timestamp(to_document(event, self.instance, identity)))
+                if len(rendered) >= RENDERED_MAX:
+                    rendered.clear()
+                rendered[key] = found
             if self.store_sink:
-                rows.append(to_row(event, identity, self.instance))
+                rows.append((ts, *found[2]))
             if self.jsonl_sink:
-                lines.append(json.dumps(to_document(event, self.instance, identity), separators=(",", ":")))
+                lines.append(f'{{"@timestamp":"{_timestamp(ts)}",{found[3]}')
         # The file first: once `written` (the store's count) moves, both sinks have the batch.
         if self.jsonl_sink and self.jsonl:
             try:
@@ -404,7 +419,20 @@ def to_row(event: RawEvent, identity: Identity, instance: str) -> Row:
 
 def _timestamp(ts: float) -> str:
     millis = round(ts * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+    return _second(millis // 1000) + f".{millis % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(epoch_second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
+
+
+def _json_after_timestamp(document: dict[str, object]) -> str:
+    """The JSON line of an ECS document after its leading "@timestamp" member."""
+    text = json.dumps(document, separators=(",", ":"))
+    head = '{"@timestamp":' + json.dumps(document["@timestamp"]) + ","
+    assert text.startswith(head)
+    return text[len(head):]
 
 
 def to_document(event: RawEvent, instance: str = "", identity: Identity | None = None) -> dict[str, object]:
