@@ -439,3 +439,19 @@ def test_repeated_events_keep_their_own_time_and_the_current_device_name(tmp_pat
                                                "2023-11-14T22:13:22.750Z"]
     assert [d["netblock"]["device"]["name"] for d in docs] == ["desk-1", "desk-1", "desk-1-renamed"]  # type: ignore[index]
     assert docs[0]["dns"] == docs[2]["dns"] == {"question": {"name": "weixin.qq.com.", "type": "A"}, "type": "query"}
+
+
+@pytest.mark.parametrize("name", ["weixin.qq.com.", "a\\.b.weixin.qq.com.", 'q"uote\\\\.example.', "\\000x.cn.",
+                                  "bücher.example", "\U0001f600.example", "ctl\x01.example"])
+def test_a_shaped_event_renders_as_the_full_document(name: str) -> None:
+    """The writer's shapes (rendered once, name and time filled in) give the same row and
+    JSON as rendering the event whole, whatever the name holds."""
+    from netblock.devices import Device, Identity
+
+    identity = Identity(Device("desk-1", owner="O \"Q\"", tags=("a",)), "aa:bb:cc:dd:ee:ff", "inventory-ip")
+    event: events_module.RawEvent = (1_700_000_000.125, "10.1.1.1", "aa:bb:cc:dd:ee:ff", name, 28, BLOCK, "sni", "tcp")
+    shape = events_module._Shape(event, identity, "edge-1")
+    assert shape.row(event[0], name, BLOCK.pattern) == events_module.to_row(event, identity, "edge-1")
+    line = shape.line(event[0], name, BLOCK.pattern)
+    line.encode("ascii")  # the file is written as ASCII
+    assert json.loads(line) == events_module.to_document(event, "edge-1", identity)

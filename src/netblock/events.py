@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from netblock.devices import Device, DeviceIdentifier, Identity
 from netblock.names import from_wire
-from netblock.policy.rule import Rule
+from netblock.policy.rule import Rule, citing
 from netblock.store import EventStore, Row, StoreError, open_store
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from netblock.stats import Stats
 
 WRITER_NICE = 10
-RENDERED_MAX = 50_000  # rendered events kept for repeats
+SHAPES_MAX = 10_000  # rendered event shapes kept
 log = logging.getLogger(__name__)
 
 # (time, client ip, client mac or "", name in presentation form, qtype, rule, stage, protocol)
@@ -193,7 +194,7 @@ class EventRecorder:
         self._thread: threading.Thread | None = None
         self._next_retention = 0.0
         self._next_connect = 0.0
-        self._rendered: dict[tuple[object, ...], tuple[Rule, Identity, tuple[object, ...], str]] = {}
+        self._shapes: dict[tuple[object, ...], _Shape] = {}
 
     @classmethod
     def from_config(cls, config: Config, stats: Stats | None = None) -> EventRecorder:
@@ -324,27 +325,28 @@ class EventRecorder:
         rows: list[Row] = []
         lines: list[str] = []
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
-        rendered = self._rendered
+        shapes = self._shapes
         for event in batch:
             ts, client_ip, mac, raw_name, qtype, rule, stage, protocol = event
             identity = self.identify(client_ip, mac)
             if device_blocked is not None and identity.device.in_inventory:
-                name = identity.device.name
-                device_blocked[name] = device_blocked.get(name, 0) + 1
-            # A device repeats its queries: all but the time is rendered once. The value
-            # holds the rule and identity, so their ids in the key cannot be reused.
-            key = (raw_name, qtype, client_ip, mac, stage, protocol, id(rule), id(identity))
-            found = rendered.get(key)
-            if found is None or found[0] is not rule or found[1] is not identity:
-                found = (rule, identity, to_row(event, identity, self.instance)[1:],
-                         _json_after_timestamp(to_document(event, self.instance, identity)))
-                if len(rendered) >= RENDERED_MAX:
-                    rendered.clear()
-                rendered[key] = found
+                device = identity.device.name
+                device_blocked[device] = device_blocked.get(device, 0) + 1
+            # Rendering the row and the JSON document is most of the writer's work: it is
+            # done once per shape. The shape holds its identity, so the id in the key
+            # cannot be reused while it lives.
+            key = (qtype, stage, protocol, client_ip, mac, rule.list_name, rule.vendor, rule.kind, rule.action,
+                   rule.policy, rule.origin, rule.role, id(identity))
+            shape = shapes.get(key)
+            if shape is None or shape.identity is not identity:
+                if len(shapes) >= SHAPES_MAX:
+                    shapes.clear()
+                shape = shapes[key] = _Shape(event, identity, self.instance)
+            name = _presentation(raw_name)
             if self.store_sink:
-                rows.append((ts, *found[2]))
+                rows.append(shape.row(ts, name, rule.pattern))
             if self.jsonl_sink:
-                lines.append(f'{{"@timestamp":"{_timestamp(ts)}",{found[3]}')
+                lines.append(shape.line(ts, name, rule.pattern))
         # The file first: once `written` (the store's count) moves, both sinks have the batch.
         if self.jsonl_sink and self.jsonl:
             try:
@@ -427,12 +429,46 @@ def _second(epoch_second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
 
 
-def _json_after_timestamp(document: dict[str, object]) -> str:
-    """The JSON line of an ECS document after its leading "@timestamp" member."""
-    text = json.dumps(document, separators=(",", ":"))
-    head = '{"@timestamp":' + json.dumps(document["@timestamp"]) + ","
-    assert text.startswith(head)
-    return text[len(head):]
+# Placeholders for what varies between events of one shape (rendered names hold no NUL).
+_NAME, _PATTERN = "\x00name\x00", "\x00pattern\x00"
+_PLACEHOLDER_IN_JSON = re.compile(r"\\u0000(name|pattern)\\u0000")
+_PLAIN_JSON = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*')  # needs no JSON escaping
+
+
+def _json_text(text: str) -> str:
+    return text if _PLAIN_JSON.fullmatch(text) else json.dumps(text)[1:-1]
+
+
+class _Shape:
+    """An event rendered once with placeholders for the query name and the rule's pattern
+    (an imported list cites each name) and without the time: each event of this device,
+    list entry, type and stage fills in just those."""
+
+    __slots__ = ("identity", "name_at", "order", "pattern_at", "pieces", "row_template")
+
+    def __init__(self, event: RawEvent, identity: Identity, instance: str) -> None:
+        _, client_ip, mac, _, qtype, rule, stage, protocol = event
+        self.identity = identity
+        marked: RawEvent = (0.0, client_ip, mac, _NAME, qtype, citing(rule, _PATTERN), stage, protocol)
+        self.row_template = to_row(marked, identity, instance)
+        self.name_at, self.pattern_at = self.row_template.index(_NAME), self.row_template.index(_PATTERN)
+        document = to_document(marked, instance, identity)
+        text = json.dumps(document, separators=(",", ":"))
+        head = '{"@timestamp":' + json.dumps(document["@timestamp"]) + ","
+        parts = _PLACEHOLDER_IN_JSON.split(text[len(head) :])
+        self.pieces, self.order = parts[0::2], parts[1::2]
+
+    def row(self, ts: float, name: str, pattern: str) -> Row:
+        row = list(self.row_template)
+        row[0], row[self.name_at], row[self.pattern_at] = ts, name, pattern
+        return tuple(row)
+
+    def line(self, ts: float, name: str, pattern: str) -> str:
+        values = {"name": _json_text(name), "pattern": _json_text(pattern)}
+        out = [f'{{"@timestamp":"{_timestamp(ts)}",', self.pieces[0]]
+        for which, piece in zip(self.order, self.pieces[1:], strict=True):
+            out += (values[which], piece)
+        return "".join(out)
 
 
 def to_document(event: RawEvent, instance: str = "", identity: Identity | None = None) -> dict[str, object]:
