@@ -286,3 +286,33 @@ def test_idn_in_unicode_and_punycode_are_one_name(tmp_path: Path, newline: str) 
     policy = compile_policy([lst])
     assert policy.entry_counts() == {"l": 1}
     assert policy.match_name("bücher.example") is not None
+
+
+def test_blocked_answer_for_an_imported_name_cites_it(tmp_path: Path) -> None:
+    """The answer's EDE text and SOA owner name the imported entry that matched, and only
+    EDNS queries carry the EDE."""
+    import dns.edns
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+
+    from netblock.dns import wire
+
+    _write(tmp_path, "feed.txt", "tracker.example\nother.example\n")
+    listfile = _write(tmp_path, "feed.yaml", (
+        "name: feed\npolicy: {id: POLICY-7}\ninclude:\n  - {path: feed.txt, format: plain}\n"))
+    lst, errors = load_list(listfile)
+    assert errors == [] and lst is not None
+    policy = compile_policy([lst])
+    for use_edns in (0, None):
+        query = dns.message.make_query("A.b.Tracker.example", "A", use_edns=use_edns)
+        parsed = wire.parse_query(query.to_wire())
+        assert isinstance(parsed, wire.Query)
+        rule = policy.match_wire(parsed.qname)
+        assert rule is not None and rule.pattern == "tracker.example" and rule.list_name == "feed"
+        answer = dns.message.from_wire(wire.blocked_answer(parsed, rule))
+        assert answer.rcode() == dns.rcode.NXDOMAIN
+        assert answer.authority[0].rdtype == dns.rdatatype.SOA
+        assert answer.authority[0].name.to_text().lower() == "tracker.example."
+        texts = [o.text for o in answer.options if isinstance(o, dns.edns.EDEOption)]
+        assert texts == (["blocked by POLICY-7: feed (tracker.example)"] if use_edns == 0 else [])

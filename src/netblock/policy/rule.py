@@ -54,7 +54,7 @@ def citing(template: Rule, pattern: str) -> Rule:
     an imported name: the slots are set directly, at half the cost of the frozen __init__."""
     rule = _new(Rule)
     (list_name, vendor, set_pattern, kind, action, response, policy, block_ttl, origin, role,
-     ede_text) = _SETTERS
+     no_ede_text) = _SETTERS
     list_name(rule, template.list_name)
     vendor(rule, template.vendor)
     set_pattern(rule, pattern)
@@ -65,7 +65,7 @@ def citing(template: Rule, pattern: str) -> Rule:
     block_ttl(rule, template.block_ttl)
     origin(rule, template.origin)
     role(rule, template.role)
-    ede_text(rule, b"")
+    no_ede_text(rule, b"")
     return rule
 
 
