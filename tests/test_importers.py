@@ -316,3 +316,34 @@ def test_blocked_answer_for_an_imported_name_cites_it(tmp_path: Path) -> None:
         assert answer.authority[0].name.to_text().lower() == "tracker.example."
         texts = [o.text for o in answer.options if isinstance(o, dns.edns.EDEOption)]
         assert texts == (["blocked by POLICY-7: feed (tracker.example)"] if use_edns == 0 else [])
+
+
+def test_dedupe_across_slices_and_parts_keeps_first_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names repeated across slices and across dedupe dicts are kept once, in source order,
+    with or without per-name kinds."""
+    from netblock.policy import importers
+
+    monkeypatch.setattr(importers, "_SLICE", 7)
+    monkeypatch.setattr(importers, "_PART", 10)
+    names = [f"n{i % 37}.example" for i in range(200)]
+    assert importers.NameSet(names).count == 37
+    expected = list(dict.fromkeys(names))
+    nameset = importers.NameSet(names)
+    assert [importers.NameSet.text(wire) for wire, _ in nameset.items()] == expected
+    tags = [importers.EXACT if i % 2 else importers.BELOW for i in range(200)]
+    mixed = importers.NameSet(names, tags)
+    assert list(mixed.items()) == [(to_wire(n), t) for n, t in dict.fromkeys(zip(names, tags, strict=True))]
+
+
+def test_exact_and_below_entries_for_one_name_keep_their_answers(tmp_path: Path) -> None:
+    """RPZ `x CNAME .` (NXDOMAIN for x) beside `*.x CNAME *.` (NODATA below it): asking x first
+    must not change the answer for names below (a hit cache once keyed by name alone did)."""
+    _write(tmp_path, "zone.rpz", "$ORIGIN rpz.test.\nx.example CNAME .\n*.x.example CNAME *.\n")
+    listfile = _write(tmp_path, "rpz.yaml", "name: rpz\ninclude:\n  - {path: zone.rpz, format: rpz}\n")
+    lst, errors = load_list(listfile)
+    assert errors == [] and lst is not None
+    policy = compile_policy([lst])
+    for _ in range(2):
+        top, below = policy.match_name("x.example"), policy.match_name("a.x.example")
+        assert top is not None and top.response.mode == "nxdomain"
+        assert below is not None and below.response.mode == "nodata" and below.pattern == "x.example"

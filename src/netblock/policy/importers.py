@@ -27,11 +27,11 @@ import re
 import sys
 import threading
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, islice, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from netblock.names import NameError_, from_wire, normalise
 from netblock.policy.lists import Entry
@@ -53,7 +53,8 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = _LABEL + r"(?:\." + _LABEL + r")*"
 _INDEX_BITS = 24  # a NameSet holds at most 16M names
 _SLICE = 1 << 16  # items per C call while building: each holds the GIL only a few ms
-_PART = 1 << 18  # names per dedupe dict: its last resize copies this many
+Key = TypeVar("Key", bound=Hashable)
+_PART = 1 << 18  # names per dedupe dict (plus one slice at most): its last resize copies this many
 HASH_MASK = (1 << 40) - 1
 
 
@@ -88,14 +89,14 @@ def wires_of(names: list[str]) -> list[bytes]:
     return wires
 
 
-def _unique(names: list[str]) -> list[str]:
-    """The names without repeats, in source order. Seen names are kept in several dicts of
-    at most _PART names: growing one dict to a million would resize it in a single C call
-    that holds the GIL for ~50 ms (answers wait behind a reload)."""
-    parts: list[dict[str, None]] = [{}]
-    unique: list[str] = []
-    for start in range(0, len(names), _SLICE):
-        fresh = dict.fromkeys(names[start : start + _SLICE])
+def _unique(pieces: Iterable[Iterable[Key]]) -> list[Key]:
+    """The keys of all pieces without repeats, in order. Seen keys are kept in several dicts
+    of at most about _PART keys: growing one dict to a million would resize it in a single
+    C call that holds the GIL for ~50 ms (answers wait behind a reload)."""
+    parts: list[dict[Key, None]] = [{}]
+    unique: list[Key] = []
+    for piece in pieces:
+        fresh = dict.fromkeys(piece)
         for part in parts:
             for repeat_ in fresh.keys() & part.keys():  # nearly always empty
                 del fresh[repeat_]
@@ -136,16 +137,15 @@ class NameSet:
     def __init__(self, names: list[str], tags: list[int] | None = None, tag: int = EXACT) -> None:
         # Built in a reload thread while the event loop answers queries: no single C call
         # may hold the GIL for long, so the big steps go a slice at a time.
+        slice_starts = range(0, len(names), _SLICE)
         if tags is not None:
-            unique: dict[tuple[str, int], None] = {}
-            for start in range(0, len(names), _SLICE):
-                unique.update(dict.fromkeys(zip(names[start : start + _SLICE], tags[start : start + _SLICE],
-                                                strict=True)))
-            names = [name for name, _ in unique]
-            self.tags: array[int] | None = array("B", [t for _, t in unique])
-            del unique
+            pairs = _unique(zip(names[start : start + _SLICE], tags[start : start + _SLICE], strict=True)
+                            for start in slice_starts)
+            names = [name for name, _ in pairs]
+            self.tags: array[int] | None = array("B", [t for _, t in pairs])
+            release(pairs)
         else:
-            names = _unique(names)
+            names = _unique(names[start : start + _SLICE] for start in slice_starts)
             self.tags = None
         if len(names) >= 1 << _INDEX_BITS:
             raise ValueError(f"more than {1 << _INDEX_BITS} names in one source")
