@@ -443,15 +443,31 @@ def test_repeated_events_keep_their_own_time_and_the_current_device_name(tmp_pat
 
 @pytest.mark.parametrize("name", ["weixin.qq.com.", "a\\.b.weixin.qq.com.", 'q"uote\\\\.example.', "\\000x.cn.",
                                   "bücher.example", "\U0001f600.example", "ctl\x01.example"])
-def test_a_shaped_event_renders_as_the_full_document(name: str) -> None:
+@pytest.mark.parametrize("owner", ['O "Q"', "a\x00name\x00b", "\x00pattern\x00"])
+def test_a_shaped_event_renders_as_the_full_document(name: str, owner: str) -> None:
     """The writer's shapes (rendered once, name and time filled in) give the same row and
-    JSON as rendering the event whole, whatever the name holds."""
+    JSON as rendering the event whole, whatever the name holds; a device field that holds a
+    placeholder makes the shape render whole."""
     from netblock.devices import Device, Identity
 
-    identity = Identity(Device("desk-1", owner="O \"Q\"", tags=("a",)), "aa:bb:cc:dd:ee:ff", "inventory-ip")
-    event: events_module.RawEvent = (1_700_000_000.125, "10.1.1.1", "aa:bb:cc:dd:ee:ff", name, 28, BLOCK, "sni", "tcp")
-    shape = events_module._Shape(event, identity, "edge-1")
-    assert shape.row(event[0], name, BLOCK.pattern) == events_module.to_row(event, identity, "edge-1")
-    line = shape.line(event[0], name, BLOCK.pattern)
+    identity = Identity(Device("desk-1", owner=owner, tags=("a",)), "aa:bb:cc:dd:ee:ff", "inventory-ip")
+    event: events_module.RawEvent = (1_700_000_000.125, "10.1.1.1", "aa:bb:cc:dd:ee:ff", name, 28, BLOCK, "sni",
+                                     "tcp")
+    shape = events_module._shape_of(event, identity, "edge-1")
+    assert isinstance(shape, events_module._Whole) == ("\x00" in owner)
+    assert shape.row(event) == events_module.to_row(event, identity, "edge-1")
+    line = shape.line(event)
     line.encode("ascii")  # the file is written as ASCII
     assert json.loads(line) == events_module.to_document(event, "edge-1", identity)
+
+
+def test_writer_builds_a_shape_on_the_second_sighting(tmp_path: Path) -> None:
+    rec = EventRecorder(tmp_path / "e.jsonl", 100, "unit")
+    for number in range(3):
+        rec.write_batch([(1_700_000_000.0 + number, "10.1.1.1", "", f"n{number}.weixin.qq.com.", 1, BLOCK, "query",
+                          "udp")])
+        kinds = [type(shape).__name__ for shape in rec._shapes.values()]
+        assert kinds == (["NoneType"] if number == 0 else ["_Shape"])
+    docs = read_lines(tmp_path / "e.jsonl")
+    assert [d["dns"]["question"]["name"] for d in docs] == [  # type: ignore[index]
+        "n0.weixin.qq.com.", "n1.weixin.qq.com.", "n2.weixin.qq.com."]

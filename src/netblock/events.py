@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import errno
 import functools
+import itertools
 import json
 import logging
 import os
@@ -194,7 +195,8 @@ class EventRecorder:
         self._thread: threading.Thread | None = None
         self._next_retention = 0.0
         self._next_connect = 0.0
-        self._shapes: dict[tuple[object, ...], _Shape] = {}
+        self._by_ip: dict[tuple[str, str], Identity] = {}
+        self._shapes: dict[tuple[object, ...], _Shape | _Whole | None] = {}  # None: seen once
 
     @classmethod
     def from_config(cls, config: Config, stats: Stats | None = None) -> EventRecorder:
@@ -327,26 +329,33 @@ class EventRecorder:
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
         shapes = self._shapes
         for event in batch:
-            ts, client_ip, mac, raw_name, qtype, rule, stage, protocol = event
+            _, client_ip, mac, _, qtype, rule, stage, protocol = event
             identity = self.identify(client_ip, mac)
             if device_blocked is not None and identity.device.in_inventory:
                 device = identity.device.name
                 device_blocked[device] = device_blocked.get(device, 0) + 1
-            # Rendering the row and the JSON document is most of the writer's work: it is
-            # done once per shape. The shape holds its identity, so the id in the key
-            # cannot be reused while it lives.
+            # Rendering the row and the JSON document is most of the writer's work. A shape
+            # seen again (same device, list entry, type, stage) is rendered once and filled
+            # in; a first sighting is rendered whole, which costs half of building a shape.
+            # The shape holds its identity, so the id in the key cannot be reused meanwhile.
             key = (qtype, stage, protocol, client_ip, mac, rule.list_name, rule.vendor, rule.kind, rule.action,
                    rule.policy, rule.origin, rule.role, id(identity))
-            shape = shapes.get(key)
-            if shape is None or shape.identity is not identity:
+            found = shapes.get(key)
+            shape: _Shape | _Whole
+            if found is None and key not in shapes:
                 if len(shapes) >= SHAPES_MAX:
-                    shapes.clear()
-                shape = shapes[key] = _Shape(event, identity, self.instance)
-            name = _presentation(raw_name)
+                    for oldest in list(itertools.islice(shapes, SHAPES_MAX // 2)):
+                        del shapes[oldest]
+                shapes[key] = None
+                shape = _Whole(identity, self.instance)
+            elif found is None or found.identity is not identity:
+                shape = shapes[key] = _shape_of(event, identity, self.instance)
+            else:
+                shape = found
             if self.store_sink:
-                rows.append(shape.row(ts, name, rule.pattern))
+                rows.append(shape.row(event))
             if self.jsonl_sink:
-                lines.append(shape.line(ts, name, rule.pattern))
+                lines.append(shape.line(event))
         # The file first: once `written` (the store's count) moves, both sinks have the batch.
         if self.jsonl_sink and self.jsonl:
             try:
@@ -385,7 +394,13 @@ class EventRecorder:
     def identify(self, client_ip: str, mac: str) -> Identity:
         if self.identifier:
             return self.identifier.identify(client_ip, mac)
-        return Identity(Device(client_ip, in_inventory=False), mac, "ip")
+        key = (client_ip, mac)  # one Identity a client, as the identifier keeps: shapes key on it
+        found = self._by_ip.get(key)
+        if found is None:
+            if len(self._by_ip) >= SHAPES_MAX:
+                self._by_ip.clear()
+            found = self._by_ip[key] = Identity(Device(client_ip, in_inventory=False), mac, "ip")
+        return found
 
     def _housekeeping(self) -> None:
         now = time.time()
@@ -433,10 +448,26 @@ def _second(epoch_second: int) -> str:
 _NAME, _PATTERN = "\x00name\x00", "\x00pattern\x00"
 _PLACEHOLDER_IN_JSON = re.compile(r"\\u0000(name|pattern)\\u0000")
 _PLAIN_JSON = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*')  # needs no JSON escaping
+_PLACES_IN_JSON = ["name", "name", "pattern", "pattern"]  # dns.question.name, rule.name, the message
 
 
 def _json_text(text: str) -> str:
     return text if _PLAIN_JSON.fullmatch(text) else json.dumps(text)[1:-1]
+
+
+class _Whole:
+    """An event rendered whole, field by field."""
+
+    __slots__ = ("identity", "instance")
+
+    def __init__(self, identity: Identity, instance: str) -> None:
+        self.identity, self.instance = identity, instance
+
+    def row(self, event: RawEvent) -> Row:
+        return to_row(event, self.identity, self.instance)
+
+    def line(self, event: RawEvent) -> str:
+        return json.dumps(to_document(event, self.instance, self.identity), separators=(",", ":"))
 
 
 class _Shape:
@@ -446,29 +477,37 @@ class _Shape:
 
     __slots__ = ("identity", "name_at", "order", "pattern_at", "pieces", "row_template")
 
-    def __init__(self, event: RawEvent, identity: Identity, instance: str) -> None:
-        _, client_ip, mac, _, qtype, rule, stage, protocol = event
-        self.identity = identity
-        marked: RawEvent = (0.0, client_ip, mac, _NAME, qtype, citing(rule, _PATTERN), stage, protocol)
-        self.row_template = to_row(marked, identity, instance)
-        self.name_at, self.pattern_at = self.row_template.index(_NAME), self.row_template.index(_PATTERN)
-        document = to_document(marked, instance, identity)
-        text = json.dumps(document, separators=(",", ":"))
-        head = '{"@timestamp":' + json.dumps(document["@timestamp"]) + ","
-        parts = _PLACEHOLDER_IN_JSON.split(text[len(head) :])
-        self.pieces, self.order = parts[0::2], parts[1::2]
+    def __init__(self, identity: Identity, row_template: Row, pieces: list[str], order: list[str]) -> None:
+        self.identity, self.row_template, self.pieces, self.order = identity, row_template, pieces, order
+        self.name_at, self.pattern_at = row_template.index(_NAME), row_template.index(_PATTERN)
 
-    def row(self, ts: float, name: str, pattern: str) -> Row:
+    def row(self, event: RawEvent) -> Row:
         row = list(self.row_template)
-        row[0], row[self.name_at], row[self.pattern_at] = ts, name, pattern
+        row[0], row[self.name_at], row[self.pattern_at] = event[0], _presentation(event[3]), event[5].pattern
         return tuple(row)
 
-    def line(self, ts: float, name: str, pattern: str) -> str:
-        values = {"name": _json_text(name), "pattern": _json_text(pattern)}
-        out = [f'{{"@timestamp":"{_timestamp(ts)}",', self.pieces[0]]
+    def line(self, event: RawEvent) -> str:
+        values = {"name": _json_text(_presentation(event[3])), "pattern": _json_text(event[5].pattern)}
+        out = [f'{{"@timestamp":"{_timestamp(event[0])}",', self.pieces[0]]
         for which, piece in zip(self.order, self.pieces[1:], strict=True):
             out += (values[which], piece)
         return "".join(out)
+
+
+def _shape_of(event: RawEvent, identity: Identity, instance: str) -> _Shape | _Whole:
+    """The event's shape; rendered whole when a field of the device already holds one of
+    the placeholders (a NUL in an inventory name), so nothing is filled in the wrong place."""
+    _, client_ip, mac, _, qtype, rule, stage, protocol = event
+    marked: RawEvent = (0.0, client_ip, mac, _NAME, qtype, citing(rule, _PATTERN), stage, protocol)
+    row = to_row(marked, identity, instance)
+    document = to_document(marked, instance, identity)
+    text = json.dumps(document, separators=(",", ":"))
+    head = '{"@timestamp":' + json.dumps(document["@timestamp"]) + ","
+    parts = _PLACEHOLDER_IN_JSON.split(text[len(head) :])
+    pieces, order = parts[0::2], parts[1::2]
+    if row.count(_NAME) != 1 or row.count(_PATTERN) != 1 or sorted(order) != _PLACES_IN_JSON:
+        return _Whole(identity, instance)
+    return _Shape(identity, row, pieces, order)
 
 
 def to_document(event: RawEvent, instance: str = "", identity: Identity | None = None) -> dict[str, object]:
