@@ -36,6 +36,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="netblock-profile-"))
     world = build(args.world or workdir / "world")
     procs = Procs(workdir)
+    sampler: subprocess.Popen[bytes] | None = None
     try:
         probe = world.resolvable[0][0]
         nsd = servers.start_nsd(procs, world, probe, cpu=LOADGEN_CPU)
@@ -50,6 +51,9 @@ def main() -> int:
         sampler.wait(timeout=args.seconds + 30)
         print(f"{args.variant} mix {args.mix}: {result.qps:,.0f} q/s; folded stacks in {args.out}")
     finally:
+        if sampler is not None and sampler.poll() is None:
+            sampler.kill()  # stopped by PID like every process of the bench
+            sampler.wait(5)
         procs.stop_all()
     return 0
 

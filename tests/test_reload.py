@@ -210,3 +210,40 @@ def test_ten_reloads_a_second_under_500_queries_a_second(server: Netblock, lists
     assert answered >= 0.99 * sent
     assert server.proc is not None and server.proc.poll() is None
     assert "Traceback" not in server.log()
+
+
+def test_overlapping_reloads_restore_the_collector_and_switch_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGHUP reload beside the watcher's: each runs with the collector off and a short
+    switch interval, and afterwards both are as before, also when a reload fails."""
+    import gc
+
+    from netblock.config import Config
+    from netblock.policy import reload as reload_module
+
+    holder = reload_module.PolicyHolder(Config(), lambda policy: None)
+    seen: list[tuple[bool, float]] = []
+
+    def slow_reload(trigger: str) -> bool:
+        seen.append((gc.isenabled(), sys.getswitchinterval()))
+        time.sleep(0.2)
+        if trigger == "boom":
+            raise RuntimeError("a reload that fails")
+        return True
+
+    monkeypatch.setattr(holder, "_reload", slow_reload)
+    interval, enabled = sys.getswitchinterval(), gc.isenabled()
+    threads = [threading.Thread(target=lambda t=t: _swallow(holder.reload, t)) for t in ("SIGHUP", "watch", "boom")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(seen) == 3 and all(not on and short == pytest.approx(reload_module.RELOAD_SWITCH_INTERVAL)
+                                  for on, short in seen)
+    assert (sys.getswitchinterval(), gc.isenabled()) == (interval, enabled)
+
+
+def _swallow(call: object, trigger: str) -> None:
+    try:
+        call(trigger)  # type: ignore[operator]
+    except RuntimeError:
+        pass

@@ -42,8 +42,9 @@ FULL_COLLECTION_EVERY = 100  # middle-generation collections (CPython's default:
 
 def settle_collector() -> None:
     """Tune the cyclic garbage collector for serving, once the policy is loaded."""
-    # The policy and the code are long-lived: keep them out of every future collection,
-    # so the cyclic GC only walks what the query path allocates.
+    # The policy and the code are long-lived: keep them out of future collections, so the
+    # cyclic GC walks what the query path allocates (a reloaded policy is not frozen: its
+    # objects are few, big lists live in flat arrays).
     gc.collect()
     gc.freeze()
     # Remembered answers and cache entries live long enough to reach the oldest

@@ -193,47 +193,50 @@ class PolicyHolder:
         # so a big reload under load would delay answers by seconds.
         # A build allocates millions of objects: the cyclic collector, run by whichever
         # thread allocates, would walk the whole heap several times holding the GIL (tens
-        # of ms each, measured as answers over 50 ms). A build makes no cycles to collect.
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(RELOAD_SWITCH_INTERVAL)
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            return self._reload(trigger)
-        finally:
-            if collecting:
-                gc.enable()
-            sys.setswitchinterval(interval)
+        # of ms each, measured as answers over 50 ms). A build makes no cycles to collect;
+        # the query path's cycles wait for the end of the reload (the switch is process-wide).
+        # Both settings change under the lock: two reloads at once (SIGHUP beside the
+        # watcher) must not restore each other's values.
+        with self._lock:
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(RELOAD_SWITCH_INTERVAL)
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                return self._reload(trigger)
+            finally:
+                if collecting:
+                    gc.enable()
+                sys.setswitchinterval(interval)
 
     def _reload(self, trigger: str) -> bool:
-        with self._lock:
-            config = self._reread_config()
-            if config is None:
-                return self._refuse(self.last_error)
-            policy, errors = build_policy(config, cached=True)
-            if errors or policy is None:
-                shown = "; ".join(str(e) for e in errors[:5])
-                if len(errors) > 5:
-                    shown += f" (+{len(errors) - 5} more)"
-                return self._refuse(shown or "no policy")
-            old = self.current
-            if old is not None:
-                problem = refusal(old, policy, config.policy.max_shrink)
-                if problem:
-                    return self._refuse(problem)
-                if policy.digest == old.digest and [lst.path for lst in policy.lists] == [
-                        lst.path for lst in old.lists]:
-                    self.last_error = ""
-                    self.last_success = time.time()
-                    self._count("reload_successes")
-                    log.debug("policy reload (%s): no change, digest %s", trigger, policy.digest)
-                    return True
-            self.config = config
-            self._log_warnings(policy)
-            self._install(policy)
-            self._audit(old, policy, trigger)
-            _release_memory()
-            return True
+        config = self._reread_config()
+        if config is None:
+            return self._refuse(self.last_error)
+        policy, errors = build_policy(config, cached=True)
+        if errors or policy is None:
+            shown = "; ".join(str(e) for e in errors[:5])
+            if len(errors) > 5:
+                shown += f" (+{len(errors) - 5} more)"
+            return self._refuse(shown or "no policy")
+        old = self.current
+        if old is not None:
+            problem = refusal(old, policy, config.policy.max_shrink)
+            if problem:
+                return self._refuse(problem)
+            if policy.digest == old.digest and [lst.path for lst in policy.lists] == [
+                    lst.path for lst in old.lists]:
+                self.last_error = ""
+                self.last_success = time.time()
+                self._count("reload_successes")
+                log.debug("policy reload (%s): no change, digest %s", trigger, policy.digest)
+                return True
+        self.config = config
+        self._log_warnings(policy)
+        self._install(policy)
+        self._audit(old, policy, trigger)
+        _release_memory()
+        return True
 
     def _reread_config(self) -> Config | None:
         """The config file again, for the policy section (other sections need a restart)."""

@@ -45,6 +45,8 @@ class Rule:
 
 
 _SETTERS: tuple[Callable[[Rule, object], None], ...] = tuple(getattr(Rule, f.name).__set__ for f in fields(Rule))
+if len(_SETTERS) != 11:  # citing() sets each field by name: a new field must be added there
+    raise ImportError(f"citing() knows 11 Rule fields, Rule has {len(_SETTERS)}")
 _new = object.__new__
 
 
