@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 WRITER_NICE = 10
 SHAPES_MAX = 10_000  # rendered event shapes kept
+IDENTITIES_MAX = 10_000  # clients named by IP alone when there is no identifier
 log = logging.getLogger(__name__)
 
 # (time, client ip, client mac or "", name in presentation form, qtype, rule, stage, protocol)
@@ -397,7 +398,7 @@ class EventRecorder:
         key = (client_ip, mac)  # one Identity a client, as the identifier keeps: shapes key on it
         found = self._by_ip.get(key)
         if found is None:
-            if len(self._by_ip) >= SHAPES_MAX:
+            if len(self._by_ip) >= IDENTITIES_MAX:
                 self._by_ip.clear()
             found = self._by_ip[key] = Identity(Device(client_ip, in_inventory=False), mac, "ip")
         return found

@@ -470,9 +470,7 @@ class DnsServer:
             writer.close()
 
     async def _tcp_forward(self, query: wire.Query, client: str, writer: asyncio.StreamWriter) -> None:
-        answer = await self.resolve(query, client, "tcp")
-        if not writer.is_closing():
-            _tcp_send(writer, answer)
+        _tcp_send(writer, await self.resolve(query, client, "tcp"))
 
 
 _TCP_WRITE_LIMIT = 256 * 1024

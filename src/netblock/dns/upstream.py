@@ -89,7 +89,7 @@ class Upstreams:
                                                  max(deadline - loop.time(), 0.05))
             except (TimeoutError, OSError, UpstreamError, asyncio.IncompleteReadError) as exc:
                 server.stats.errors += 1
-                if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+                if isinstance(exc, TimeoutError):
                     server.stats.timeouts += 1
                 server.mark(False, self.config.down_seconds)
                 continue

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netblock.names import from_wire
 from netblock.policy.importers import KIND_NAMES, NODATA, BulkEntry, NameSet
 from netblock.policy.lists import ListFile
 
@@ -82,8 +81,7 @@ def _bulk(lst: ListFile) -> dict[str, NameSet]:
 
 
 def _label(wire: bytes, tag: int) -> str:
-    name = from_wire(wire).rstrip(".")
-    return f"{_BULK_SECTION[KIND_NAMES[tag & 3]]}{'+nodata' if tag & NODATA else ''}:{name}"
+    return f"{_BULK_SECTION[KIND_NAMES[tag & 3]]}{'+nodata' if tag & NODATA else ''}:{NameSet.text(wire)}"
 
 
 def _only_in(first: NameSet, second: NameSet | None, bound: int) -> tuple[int, list[str]]:

@@ -33,7 +33,7 @@ from itertools import accumulate, islice, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
-from netblock.names import NameError_, from_wire, normalise
+from netblock.names import NameError_, normalise
 from netblock.policy.lists import Entry
 from netblock.yamlsrc import SourceError, line_of
 
@@ -49,8 +49,6 @@ EXACT, SUBTREE, BELOW = 0, 1, 2
 KIND_NAMES = {EXACT: "exact", SUBTREE: "subtree", BELOW: "below"}
 NODATA = 4
 
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_NAME = _LABEL + r"(?:\." + _LABEL + r")*"
 _INDEX_BITS = 24  # a NameSet holds at most 16M names
 _SLICE = 1 << 16  # items per C call while building: each holds the GIL only a few ms
 Key = TypeVar("Key", bound=Hashable)
@@ -209,8 +207,9 @@ class NameSet:
 
     @staticmethod
     def text(wire: bytes) -> str:
-        """A wire name of a NameSet as its imported text: built by joining text labels, so
-        no label holds a dot or needs escaping (names.from_wire checks every label)."""
+        """A wire name of a NameSet as its imported text (no trailing dot): built by joining
+        text labels, so no label holds a dot or needs escaping (names.from_wire checks every
+        label). For names the NameSet holds, not for names off the wire."""
         labels = []
         offset = 0
         while length := wire[offset]:
@@ -706,7 +705,7 @@ def bulk_names(entry: Entry) -> Iterable[tuple[str, str]]:
     """(kind, name) of every name of a BulkEntry (for diffs and exports)."""
     if isinstance(entry, BulkEntry) and entry.names is not None:
         for wire, tag in entry.names.items():
-            yield KIND_NAMES[tag & 3] + ("+nodata" if tag & NODATA else ""), from_wire(wire).rstrip(".")
+            yield KIND_NAMES[tag & 3] + ("+nodata" if tag & NODATA else ""), NameSet.text(wire)
 
 
 def locate(source: str, name: str) -> int:
