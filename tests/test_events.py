@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -471,3 +472,52 @@ def test_writer_builds_a_shape_on_the_second_sighting(tmp_path: Path) -> None:
     docs = read_lines(tmp_path / "e.jsonl")
     assert [d["dns"]["question"]["name"] for d in docs] == [  # type: ignore[index]
         "n0.weixin.qq.com.", "n1.weixin.qq.com.", "n2.weixin.qq.com."]
+
+
+def test_writer_thread_runs_at_a_lower_priority(tmp_path: Path) -> None:
+    """Answering wins the core under saturation: the writer thread alone is niced."""
+    rec = EventRecorder(tmp_path / "e.jsonl", 100, "unit", flush_interval=0.02)
+    rec.start()
+    try:
+        assert rec._thread is not None and rec._thread.native_id is not None
+        stat = Path(f"/proc/self/task/{rec._thread.native_id}/stat").read_text()
+        nice = int(stat.rsplit(")", 1)[1].split()[16])  # field 19 of stat(5)
+        assert nice == events_module.WRITER_NICE
+        assert os.getpriority(os.PRIO_PROCESS, 0) != events_module.WRITER_NICE  # not the whole process
+    finally:
+        rec.stop()
+
+
+def test_writer_rests_in_proportion_under_a_flood(tmp_path: Path) -> None:
+    """With a backlog the writer takes at most max_cpu_share: after a batch that took t it
+    waits t * (1/share - 1) before the next (a lower bound: a loaded machine only adds)."""
+    rec = EventRecorder(tmp_path / "e.jsonl", 10_000, "unit", batch_size=100, flush_interval=5,
+                        max_cpu_share=0.25)
+    spans: list[tuple[float, float]] = []
+
+    def slow_batch(batch: list[events_module.RawEvent]) -> None:
+        started = time.perf_counter()
+        time.sleep(0.02)
+        spans.append((started, time.perf_counter()))
+
+    rec.write_batch = slow_batch  # type: ignore[method-assign]
+    for _ in range(500):
+        rec.record(time.time(), "10.0.0.1", "", "weixin.qq.com.", 1, BLOCK, "query", "udp")
+    rec.start()
+    try:
+        assert wait_until(lambda: len(spans) >= 4)
+    finally:
+        rec.stop()
+    for (start, end), (next_start, _) in itertools.pairwise(spans[:4]):  # all before stop()
+        assert next_start - end >= 3 * (end - start) * 0.9
+
+
+def test_max_cpu_share_out_of_range_is_a_config_error(tmp_path: Path) -> None:
+    from netblock.config import load_config
+    from netblock.yamlsrc import SourceError
+
+    path = tmp_path / "netblock.yaml"
+    for value in ("0", "1.5"):
+        path.write_text(f"events:\n  max_cpu_share: {value}\n")
+        with pytest.raises(SourceError, match=r"netblock\.yaml:2: events\.max_cpu_share: must be a fraction"):
+            load_config(path)
