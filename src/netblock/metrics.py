@@ -123,7 +123,7 @@ class NetblockCollector(Collector):
             "DNS responses sent, by where the answer came from (blocked, cache, upstream, local, error) "
             "and response code",
             ["source", "rcode"],
-            stats.responses,
+            stats.all_responses(),
         )
 
         vendors = self._vendors()
@@ -146,7 +146,7 @@ class NetblockCollector(Collector):
             "Time from receiving a query to sending its answer",
             labels=[],
         )
-        _histogram(duration, [], stats.request_duration)
+        _histogram(duration, [], stats.all_request_durations())
         yield duration
 
         yield CounterMetricFamily(
@@ -168,7 +168,7 @@ class NetblockCollector(Collector):
             value=len(cache) if cache is not None else 0,
         )
         yield CounterMetricFamily(
-            "netblock_cache_hits_total", "Queries answered from the cache", value=stats.cache_hits
+            "netblock_cache_hits_total", "Queries answered from the cache", value=stats.all_cache_hits()
         )
         yield CounterMetricFamily(
             "netblock_cache_misses_total", "Cache lookups that found nothing usable", value=stats.cache_misses

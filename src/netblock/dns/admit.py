@@ -44,6 +44,24 @@ class Admission:
 
     def check(self, client: str) -> str:
         """'' to admit, else the reason: 'acl' or 'ratelimit'."""
+        # Only admitted, limited clients have a bucket: for them (nearly every query) the
+        # decision is one lookup and the bucket arithmetic.
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            return self._first_check(client)
+        now = time.monotonic()
+        tokens = bucket[0] + (now - bucket[1]) * self.refill
+        if tokens > self.capacity:
+            tokens = self.capacity
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            return "ratelimit"
+        bucket[0] = tokens - 1
+        return ""
+
+    def _first_check(self, client: str) -> str:
+        """A client without a bucket: refused by the access list, exempt, not limited, or new."""
         allowed = self._allowed.get(client)
         if allowed is None:
             allowed = _contains(self.allow, client)
@@ -54,26 +72,17 @@ class Admission:
             return "acl"
         if self.capacity <= 0:
             return ""
-        now = time.monotonic()
-        bucket = self._buckets.get(client)
-        if bucket is None:
-            exempt = self._exempt.get(client)
-            if exempt is None:
-                if len(self._exempt) >= self.max_clients:  # bounded like the others
-                    self._exempt.clear()
-                exempt = self._exempt[client] = _contains(self.exempt, client)
-            if exempt:
-                return ""
-            if len(self._buckets) >= self.max_clients:
-                self._evict(now)
-            self._buckets[client] = [self.capacity - 1, now]
+        exempt = self._exempt.get(client)
+        if exempt is None:
+            if len(self._exempt) >= self.max_clients:  # bounded like the others
+                self._exempt.clear()
+            exempt = self._exempt[client] = _contains(self.exempt, client)
+        if exempt:
             return ""
-        tokens = min(self.capacity, bucket[0] + (now - bucket[1]) * self.refill)
-        bucket[1] = now
-        if tokens < 1:
-            bucket[0] = tokens
-            return "ratelimit"
-        bucket[0] = tokens - 1
+        now = time.monotonic()
+        if len(self._buckets) >= self.max_clients:
+            self._evict(now)
+        self._buckets[client] = [self.capacity - 1, now]
         return ""
 
     def _evict(self, now: float) -> None:

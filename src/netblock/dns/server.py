@@ -12,6 +12,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import math
 import os
 import signal
 import socket
@@ -91,10 +92,11 @@ class DnsServer:
         # 2. the same bytes after the ID as a recent UDP query: the same answer, replayed
         if proto == "udp":
             packet = self.packets.get(data[2:])
-            if packet is not None:
-                reply = self._replay(packet, data, client)
-                if reply is not None:
-                    return reply
+            if packet is not None and (packet.until > time.monotonic() or self._refresh(packet, data)):
+                if packet.rule is not None:
+                    self._record(packet.query, client, packet.rule, packet.stage, "udp")
+                stats.replayed[packet.slot] += 1
+                return data[:2] + packet.tail
         started = time.perf_counter()
         # 3. parse
         query = wire.parse_query(data)
@@ -164,30 +166,33 @@ class DnsServer:
         packets = self.packets
         if len(packets) >= self.packets_max:
             packets.clear()
-        age = int(time.monotonic() - entry.stored) if entry is not None else 0
-        packets[data[2:]] = Packet(query, answer[2:], entry, rule, stage, (source, RCODE_NAMES.get(
-            answer[3] & 0x0F, str(answer[3] & 0x0F))), age)
-
-    def _replay(self, packet: Packet, data: bytes, client: str) -> bytes | None:
-        """The remembered answer with this query's ID; None when its cache entry expired."""
-        entry = packet.entry
+        rcode = answer[3] & 0x0F
+        slot = self.stats.replay_slot(source, RCODE_NAMES.get(rcode, str(rcode)), entry is not None)
+        packet = Packet(query, answer[2:], entry, rule, stage, slot, source == "cache")
         if entry is not None:
-            now = time.monotonic()
-            if entry.expires <= now:
-                del self.packets[data[2:]]
-                return None
-            self.stats.cache_hits += 1
-            age = int(now - entry.stored)
-            if age != packet.age and packet.label[0] == "cache":  # TTLs decay once a second
-                query = packet.query
-                packet.tail = self._fit(query, self._from_entry(query, entry), "udp")[2:]
-                packet.age = age
-        if packet.rule is not None:
-            self._record(packet.query, client, packet.rule, packet.stage, "udp")
-        stats = self.stats
-        stats.responses[packet.label] = stats.responses.get(packet.label, 0) + 1
-        stats.request_duration.observe_fast()
-        return data[:2] + packet.tail
+            packet.until = self._fresh_until(entry, int(time.monotonic() - entry.stored), packet.ages)
+        packets[data[2:]] = packet
+
+    @staticmethod
+    def _fresh_until(entry: Entry, age: int, ages: bool) -> float:
+        """Until when a replay of this entry is exact: its expiry, or the next second of
+        age when the TTLs it shows decay."""
+        return min(entry.expires, entry.stored + age + 1) if ages else entry.expires
+
+    def _refresh(self, packet: Packet, data: bytes) -> bool:
+        """Bring a remembered answer up to date: False (and forgotten) if its entry expired."""
+        entry = packet.entry
+        assert entry is not None  # answers without an entry never go out of date
+        now = time.monotonic()
+        if entry.expires <= now:
+            del self.packets[data[2:]]
+            return False
+        age = int(now - entry.stored)
+        if packet.ages:
+            query = packet.query
+            packet.tail = self._fit(query, self._from_entry(query, entry), "udp")[2:]
+        packet.until = self._fresh_until(entry, age, packet.ages)
+        return True
 
     async def resolve(self, query: wire.Query, client: str, proto: str) -> bytes:
         """Forward a cache miss (coalescing identical questions), inspect, store, reply."""
@@ -490,17 +495,18 @@ def _tcp_send(writer: asyncio.StreamWriter, answer: bytes) -> None:
 class Packet:
     """A remembered UDP answer: the reply after its ID, and what it came from."""
 
-    __slots__ = ("age", "entry", "label", "query", "rule", "stage", "tail")
+    __slots__ = ("ages", "entry", "query", "rule", "slot", "stage", "tail", "until")
 
     def __init__(self, query: wire.Query, tail: bytes, entry: Entry | None, rule: Rule | None, stage: str,
-                 label: tuple[str, str], age: int) -> None:
+                 slot: int, ages: bool) -> None:
         self.query = query  # the first query with these bytes: name, type and MAC for events
         self.tail = tail
         self.entry = entry  # the cache entry behind it, whose expiry and TTLs it follows
         self.rule = rule  # a blocking or monitoring rule: every replay is an event
         self.stage = stage
-        self.label = label
-        self.age = age
+        self.slot = slot  # where its replays are counted: Stats.replayed
+        self.ages = ages  # its TTLs decay (a cached upstream answer)
+        self.until = math.inf  # replayed as is until then (monotonic); see _refresh()
 
 
 class UdpListener(asyncio.DatagramProtocol):
