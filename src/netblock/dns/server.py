@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import itertools
 import logging
 import math
 import os
@@ -72,7 +73,9 @@ class DnsServer:
         self.trusted_relays = tuple(ipaddress.ip_network(n, strict=False) for n in config.devices.trusted_relays)
         self.inflight: dict[CacheKey, asyncio.Future[Entry | None]] = {}
         self.packets: dict[bytes, Packet] = {}  # query bytes after the ID -> remembered answer
-        self.packets_max = max(config.cache.size, 1)
+        # Remembered answers: the cached ones (one per spelling of a query) and the blocked
+        # ones, which the cache does not hold: room for twice the cache.
+        self.packets_max = max(2 * config.cache.size, 1)
         self.tcp_connections = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.transports: list[Any] = []
@@ -94,7 +97,8 @@ class DnsServer:
             packet = self.packets.get(data[2:])
             if packet is not None and (packet.until > time.monotonic() or self._refresh(packet, data)):
                 if packet.rule is not None:
-                    self._record(packet.query, client, packet.rule, packet.stage, "udp")
+                    # a packet with a rule keeps its query
+                    self._record(packet.query, client, packet.rule, packet.stage, "udp")  # type: ignore[arg-type]
                 stats.replayed[packet.slot] += 1
                 return data[:2] + packet.tail
         started = time.perf_counter()
@@ -165,13 +169,23 @@ class DnsServer:
                   stage: str, source: str) -> None:
         packets = self.packets
         if len(packets) >= self.packets_max:
-            packets.clear()
+            self._forget_oldest()
         rcode = answer[3] & 0x0F
         slot = self.stats.replay_slot(source, RCODE_NAMES.get(rcode, str(rcode)), entry is not None)
-        packet = Packet(query, answer[2:], entry, rule, stage, slot, source == "cache")
+        # Only replays that are events need the query (name, type, MAC); a cached answer
+        # re-reads it from the bytes when its TTLs are re-rendered.
+        packet = Packet(query if rule is not None else None, answer[2:], entry, rule, stage, slot,
+                        source == "cache")
         if entry is not None:
             packet.until = self._fresh_until(entry, int(time.monotonic() - entry.stored), packet.ages)
         packets[data[2:]] = packet
+
+    def _forget_oldest(self) -> None:
+        """Make room: the oldest eighth of the remembered answers goes, a bounded pause
+        (dropping all of them at once froze the loop for ~20 ms at 100,000)."""
+        packets = self.packets
+        for key in list(itertools.islice(packets, max(len(packets) // 8, 1))):
+            del packets[key]
 
     @staticmethod
     def _fresh_until(entry: Entry, age: int, ages: bool) -> float:
@@ -189,7 +203,8 @@ class DnsServer:
             return False
         age = int(now - entry.stored)
         if packet.ages:
-            query = packet.query
+            query = wire.parse_query(data)
+            assert isinstance(query, wire.Query)  # it was parsed before it was remembered
             packet.tail = self._fit(query, self._from_entry(query, entry), "udp")[2:]
         packet.until = self._fresh_until(entry, age, packet.ages)
         return True
@@ -497,9 +512,9 @@ class Packet:
 
     __slots__ = ("ages", "entry", "query", "rule", "slot", "stage", "tail", "until")
 
-    def __init__(self, query: wire.Query, tail: bytes, entry: Entry | None, rule: Rule | None, stage: str,
+    def __init__(self, query: wire.Query | None, tail: bytes, entry: Entry | None, rule: Rule | None, stage: str,
                  slot: int, ages: bool) -> None:
-        self.query = query  # the first query with these bytes: name, type and MAC for events
+        self.query = query  # the first query with these bytes, for events: name, type and MAC
         self.tail = tail
         self.entry = entry  # the cache entry behind it, whose expiry and TTLs it follows
         self.rule = rule  # a blocking or monitoring rule: every replay is an event
