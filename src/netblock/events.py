@@ -330,7 +330,9 @@ class EventRecorder:
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
         shapes = self._shapes
         for event in batch:
-            _, client_ip, mac, _, qtype, rule, stage, protocol = event
+            ts, client_ip, mac, name, qtype, rule, stage, protocol = event
+            if name.__class__ is bytes:  # rendered once here for both sinks
+                event = (ts, client_ip, mac, from_wire(name), qtype, rule, stage, protocol)
             identity = self.identify(client_ip, mac)
             if device_blocked is not None and identity.device.in_inventory:
                 device = identity.device.name

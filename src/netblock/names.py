@@ -50,15 +50,14 @@ def from_wire(wire: bytes) -> str:
     the three-label name."""
     labels = []
     i = 0
-    plain = _PLAIN.fullmatch
-    while i < len(wire):
-        length = wire[i]
-        if length == 0:
-            break
-        raw = wire[i + 1 : i + 1 + length]
-        labels.append(raw.decode("ascii") if plain(raw) else escape_label(raw))
+    while length := wire[i] if i < len(wire) else 0:
+        labels.append(wire[i + 1 : i + 1 + length])
         i += 1 + length
-    return ".".join(labels) + "." if labels else "."
+    if not labels:
+        return "."
+    if _PLAIN.fullmatch(b"".join(labels)):  # a host name, as nearly every name is
+        return b".".join(labels).decode("ascii") + "."
+    return ".".join(raw.decode("ascii") if _PLAIN.fullmatch(raw) else escape_label(raw) for raw in labels) + "."
 
 
 def escape_label(raw: bytes) -> str:

@@ -19,12 +19,13 @@ _TTL = struct.Struct("!I")
 
 
 class Entry:
-    __slots__ = ("body", "expires", "rendered", "rendered_age", "rule", "stage", "stale_until", "stored",
-                 "ttl_offsets", "ttls")
+    __slots__ = ("body", "expires", "records_at", "rendered", "rendered_age", "rule", "stage", "stale_until",
+                 "stored", "ttl_offsets", "ttls")
 
     def __init__(self, body: bytes, ttl_offsets: list[int], ttls: list[int], stored: float, lifetime: int,
                  stale_window: int) -> None:
         self.body = body  # the answer from its flags on (no ID), OPT removed
+        self.records_at = len(body)  # where the records start in body (after the question); see _store
         self.ttl_offsets = ttl_offsets  # offsets into body
         self.ttls = ttls
         self.stored = stored

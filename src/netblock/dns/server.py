@@ -202,10 +202,12 @@ class DnsServer:
             del self.packets[data[2:]]
             return False
         age = int(now - entry.stored)
-        if packet.ages:
-            query = wire.parse_query(data)
-            assert isinstance(query, wire.Query)  # it was parsed before it was remembered
-            packet.tail = self._fit(query, self._from_entry(query, entry), "udp")[2:]
+        tail = packet.tail
+        if packet.ages and not tail[0] & 0x02:  # a whole answer (a TC one holds no TTLs)
+            # This client's header and question, the records with this second's TTLs (as
+            # rendered for every client of the entry), and its OPT after them.
+            body, start = entry.render(now), entry.records_at
+            packet.tail = tail[:start] + body[start:] + tail[len(body):]
         packet.until = self._fresh_until(entry, age, packet.ages)
         return True
 
@@ -303,6 +305,7 @@ class DnsServer:
         cache = self.config.cache
         entry = Entry(body, offsets, ttls, now, self._lifetime(scan, body), cache.stale_window if cache.serve_stale
                       else 0)
+        entry.records_at = scan.end_question - 2
         if self.inspect_answers and (scan.cnames or scan.addresses):
             self._inspect(answer, scan, entry)
         if entry.expires > now:

@@ -1,0 +1,161 @@
+"""Remembered UDP answers, replayed by query bytes: exact bytes as each second passes, a
+TC answer stays TC, expiry forgets them, every replay is counted, and the table stays
+bounded without dropping everything at once."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rrset
+import pytest
+
+from netblock.config import Config
+from netblock.dns import server as server_module
+from netblock.dns import wire
+from netblock.dns.server import DnsServer
+from netblock.metrics import NetblockCollector
+
+CLIENT = "127.0.0.1"
+LISTS = Path(__file__).resolve().parents[1] / "blocklists"
+
+
+class Clock:
+    """time.monotonic for the server module: a test that never waits for a real second."""
+
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(server_module.time, "monotonic", clock)
+    return clock
+
+
+def _server(cache_size: int = 100) -> DnsServer:
+    config = Config()
+    config = dataclasses.replace(
+        config, upstreams=dataclasses.replace(config.upstreams, servers=("127.0.0.1:9",)),
+        cache=dataclasses.replace(config.cache, size=cache_size),
+        policy=dataclasses.replace(config.policy, lists=(str(LISTS / "*.yaml"),), watch=False),
+        events=dataclasses.replace(config.events, enabled=False))
+    return DnsServer(config)
+
+
+def _query(name: str, qid: int, edns: bool = True) -> bytes:
+    message = dns.message.make_query(name, "A", use_edns=0 if edns else None)
+    message.id = qid
+    return message.to_wire()
+
+
+def _upstream_answer(name: str, ttl: int, records: int = 1) -> bytes:
+    message = dns.message.make_response(dns.message.make_query(name, "A"))
+    addresses = [f"192.0.2.{i + 1}" for i in range(records)]
+    message.answer.append(dns.rrset.from_text(name, ttl, "IN", "A", *addresses))
+    return message.to_wire()
+
+
+def _forward_and_store(server: DnsServer, data: bytes, answer: bytes) -> bytes:
+    """What resolve() does for a miss: store the upstream answer, reply from the entry."""
+    query = server.handle(data, CLIENT, "udp")
+    assert isinstance(query, wire.Query)
+    entry = server._store((query.qname, query.qtype, query.qclass, query.do), answer)
+    assert entry is not None
+    # The next identical query is answered from the cache and remembered for replays.
+    reply = server.handle(data, CLIENT, "udp")
+    assert isinstance(reply, bytes)
+    return reply
+
+
+def test_replay_is_exact_each_second_and_keeps_this_clients_id_case_and_opt(clock: Clock) -> None:
+    server = _server()
+    name = "MiXeD.Example.TEST."
+    _forward_and_store(server, _query(name, 1), _upstream_answer(name, 300, records=3))
+    for seconds, qid in ((0.0, 2), (0.4, 3), (1.2, 4), (61.7, 5)):
+        clock.now = 5000.0 + seconds
+        data = _query(name, qid)
+        replay = server.handle(data, CLIENT, "udp")
+        assert isinstance(replay, bytes)
+        # What the cache path builds from scratch for this query at this moment.
+        query = wire.parse_query(data)
+        assert isinstance(query, wire.Query)
+        entry = server.cache.get((query.qname, 1, 1, False), clock.now)
+        assert entry is not None
+        assert replay == server._fit(query, server._from_entry(query, entry), "udp")
+        message = dns.message.from_wire(replay)
+        assert message.id == qid and message.edns == 0
+        assert message.question[0].name.to_text() == name  # the client's case
+        assert {rr.ttl for rr in message.answer} == {300 - int(seconds)}
+
+
+def test_truncated_replay_stays_truncated(clock: Clock) -> None:
+    server = _server()
+    name = "big.example.test."
+    data = _query(name, 1, edns=False)  # 512 octets: 40 addresses do not fit
+    first = _forward_and_store(server, data, _upstream_answer(name, 300, records=40))
+    assert dns.message.from_wire(first).flags & dns.flags.TC
+    clock.now += 2.5  # past the second the replay was rendered for
+    again = server.handle(_query(name, 9, edns=False), CLIENT, "udp")
+    assert isinstance(again, bytes)
+    assert again[2:] == first[2:] and again[:2] == b"\x00\x09"
+
+
+def test_expired_answer_is_forgotten_and_forwarded_again(clock: Clock) -> None:
+    server = _server()
+    name = "short.example.test."
+    data = _query(name, 1)
+    _forward_and_store(server, data, _upstream_answer(name, 30))
+    assert data[2:] in server.packets
+    clock.now += 31
+    assert isinstance(server.handle(data, CLIENT, "udp"), wire.Query)  # to the upstream again
+    assert data[2:] not in server.packets
+
+
+def test_replays_are_counted_as_responses_cache_hits_and_fast_durations(clock: Clock) -> None:
+    server = _server()
+    name = "counted.example.test."
+    data = _query(name, 1)
+    _forward_and_store(server, data, _upstream_answer(name, 300))
+    hits_before = server.stats.all_cache_hits()
+    responses_before = server.stats.all_responses().get(("cache", "NOERROR"), 0)
+    for qid in range(2, 12):
+        assert isinstance(server.handle(_query(name, qid), CLIENT, "udp"), bytes)
+    assert server.stats.all_cache_hits() - hits_before == 10
+    assert server.stats.all_responses()[("cache", "NOERROR")] - responses_before == 10
+    durations = server.stats.all_request_durations()
+    assert durations.counts[0] >= 10 and sum(durations.counts) >= 11
+    scraped = {(m.name, tuple(sorted(s.labels.items()))): s.value
+               for m in NetblockCollector(server).collect() for s in m.samples}
+    assert scraped[("netblock_cache_hits", ())] == server.stats.all_cache_hits()
+    assert scraped[("netblock_responses", (("rcode", "NOERROR"), ("source", "cache")))] == responses_before + 10
+
+
+def test_blocked_replays_are_each_an_event(clock: Clock) -> None:
+    server = _server()
+    server.holder.load_initial()  # the shipped lists
+    recorded: list[tuple[object, ...]] = []
+    server.events.record = lambda *event: recorded.append(event)  # type: ignore[method-assign]
+    for qid in range(1, 6):
+        answer = server.handle(_query("weixin.qq.com", qid), CLIENT, "udp")
+        assert isinstance(answer, bytes) and answer[3] & 0x0F == wire.NXDOMAIN and answer[:2] == bytes((0, qid))
+    assert len(recorded) == 5
+    assert {event[3] for event in recorded} == {b"\x06weixin\x02qq\x03com\x00"}
+
+
+def test_table_is_bounded_and_forgets_the_oldest_eighth(clock: Clock) -> None:
+    server = _server(cache_size=40)  # room for 80 remembered answers
+    server.holder.load_initial()
+    names = [f"n{i}.weixin.qq.com" for i in range(200)]
+    for name in names:
+        server.handle(_query(name, 1), CLIENT, "udp")
+        assert len(server.packets) <= server.packets_max == 80
+    assert len(server.packets) > 80 - 80 // 8 - 1  # never emptied at once
+    assert _query(names[-1], 1)[2:] in server.packets  # the newest stay
+    assert _query(names[0], 1)[2:] not in server.packets
