@@ -124,16 +124,19 @@ def test_replays_are_counted_as_responses_cache_hits_and_fast_durations(clock: C
     data = _query(name, 1)
     _forward_and_store(server, data, _upstream_answer(name, 300))
     hits_before = server.stats.all_cache_hits()
+    queries_before = server.stats.all_queries()["udp"]
     responses_before = server.stats.all_responses().get(("cache", "NOERROR"), 0)
     for qid in range(2, 12):
         assert isinstance(server.handle(_query(name, qid), CLIENT, "udp"), bytes)
     assert server.stats.all_cache_hits() - hits_before == 10
+    assert server.stats.all_queries()["udp"] - queries_before == 10
     assert server.stats.all_responses()[("cache", "NOERROR")] - responses_before == 10
     durations = server.stats.all_request_durations()
     assert durations.counts[0] >= 10 and sum(durations.counts) >= 11
     scraped = {(m.name, tuple(sorted(s.labels.items()))): s.value
                for m in NetblockCollector(server).collect() for s in m.samples}
     assert scraped[("netblock_cache_hits", ())] == server.stats.all_cache_hits()
+    assert scraped[("netblock_queries", (("protocol", "udp"),))] == queries_before + 10
     assert scraped[("netblock_responses", (("rcode", "NOERROR"), ("source", "cache")))] == responses_before + 10
 
 

@@ -117,7 +117,8 @@ class NetblockCollector(Collector):
         )
 
     def _queries(self, stats: Stats) -> Iterator[Metric]:
-        yield _counter("netblock_queries_total", "DNS queries received, by transport", ["protocol"], stats.queries)
+        yield _counter("netblock_queries_total", "DNS queries received, by transport", ["protocol"],
+                       stats.all_queries())
         yield _counter(
             "netblock_responses_total",
             "DNS responses sent, by where the answer came from (blocked, cache, upstream, local, error) "

@@ -65,8 +65,9 @@ class Stats:
     inspector_detections: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, list) -> count
     device_blocked: dict[str, int] = field(default_factory=dict)  # inventory device name -> count
     # Answers replayed from memory, one int per (source, rcode, from the cache) slot: the
-    # busiest line of the query path is a list item += 1, folded into responses, the cache
-    # hits and the lowest duration bucket (a replay takes microseconds) at scrape time.
+    # busiest line of the query path is a list item += 1, folded into the UDP queries, the
+    # responses, the cache hits and the lowest duration bucket (a replay takes microseconds)
+    # at scrape time.
     replayed: list[int] = field(default_factory=list)
     replay_kinds: list[tuple[str, str, bool]] = field(default_factory=list)
 
@@ -84,6 +85,10 @@ class Stats:
         # Scrapes run in another thread: a slot being added may have its kind and not yet
         # its count, so the shorter list decides.
         return list(zip(self.replay_kinds, self.replayed, strict=False))
+
+    def all_queries(self) -> dict[str, int]:
+        """Queries by transport, replays (UDP) included."""
+        return {**self.queries, "udp": self.queries.get("udp", 0) + sum(self.replayed)}
 
     def all_responses(self) -> dict[tuple[str, str], int]:
         """Responses by (source, rcode name), replays included."""

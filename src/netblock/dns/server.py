@@ -87,20 +87,20 @@ class DnsServer:
     def handle(self, data: bytes, client: str, proto: str) -> bytes | wire.Query | None:
         """Answer now (bytes), forward (the parsed Query: see resolve()), or drop (None)."""
         stats = self.stats
-        stats.queries[proto] += 1
         # 1. admit: before any work on the packet
         refusal = self.admission.check(client)
-        if refusal:
-            return self._refuse(data, refusal, client, proto)
         # 2. the same bytes after the ID as a recent UDP query: the same answer, replayed
-        if proto == "udp":
+        if proto == "udp" and not refusal:
             packet = self.packets.get(data[2:])
             if packet is not None and (packet.until > time.monotonic() or self._refresh(packet, data)):
                 if packet.rule is not None:
                     # a packet with a rule keeps its query
                     self._record(packet.query, client, packet.rule, packet.stage, "udp")  # type: ignore[arg-type]
-                stats.replayed[packet.slot] += 1
+                stats.replayed[packet.slot] += 1  # the query, its answer and its duration
                 return data[:2] + packet.tail
+        stats.queries[proto] += 1
+        if refusal:
+            return self._refuse(data, refusal, client, proto)
         started = time.perf_counter()
         # 3. parse
         query = wire.parse_query(data)
