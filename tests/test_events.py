@@ -443,8 +443,8 @@ def test_repeated_events_keep_their_own_time_and_the_current_device_name(tmp_pat
 
 
 @pytest.mark.parametrize("name", ["weixin.qq.com.", "a\\.b.weixin.qq.com.", 'q"uote\\\\.example.', "\\000x.cn.",
-                                  "bücher.example", "\U0001f600.example", "ctl\x01.example"])
-@pytest.mark.parametrize("owner", ['O "Q"', "a\x00name\x00b", "\x00pattern\x00"])
+                                  "bücher.example", "\U0001f600.example", "ctl\x01.example", "100%.example."])
+@pytest.mark.parametrize("owner", ['O "Q"', "a\x00name\x00b", "\x00pattern\x00", "50% %(name)s %s"])
 def test_a_shaped_event_renders_as_the_full_document(name: str, owner: str) -> None:
     """The writer's shapes (rendered once, name and time filled in) give the same row and
     JSON as rendering the event whole, whatever the name holds; a device field that holds a

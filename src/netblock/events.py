@@ -478,11 +478,17 @@ class _Shape:
     (an imported list cites each name) and without the time: each event of this device,
     list entry, type and stage fills in just those."""
 
-    __slots__ = ("identity", "name_at", "order", "pattern_at", "pieces", "row_template")
+    __slots__ = ("identity", "line_template", "name_at", "pattern_at", "row_template")
 
     def __init__(self, identity: Identity, row_template: Row, pieces: list[str], order: list[str]) -> None:
-        self.identity, self.row_template, self.pieces, self.order = identity, row_template, pieces, order
+        self.identity, self.row_template = identity, row_template
         self.name_at, self.pattern_at = row_template.index(_NAME), row_template.index(_PATTERN)
+        # The JSON document as one %-template: the time, then the name or the pattern
+        # between the pieces, in the order they came.
+        parts = ['{"@timestamp":"%(time)s",', pieces[0].replace("%", "%%")]
+        for which, piece in zip(order, pieces[1:], strict=True):
+            parts += (f"%({which})s", piece.replace("%", "%%"))
+        self.line_template = "".join(parts)
 
     def row(self, event: RawEvent) -> Row:
         row = list(self.row_template)
@@ -490,11 +496,8 @@ class _Shape:
         return tuple(row)
 
     def line(self, event: RawEvent) -> str:
-        values = {"name": _json_text(_presentation(event[3])), "pattern": _json_text(event[5].pattern)}
-        out = [f'{{"@timestamp":"{_timestamp(event[0])}",', self.pieces[0]]
-        for which, piece in zip(self.order, self.pieces[1:], strict=True):
-            out += (values[which], piece)
-        return "".join(out)
+        return self.line_template % {"time": _timestamp(event[0]), "name": _json_text(_presentation(event[3])),
+                                     "pattern": _json_text(event[5].pattern)}
 
 
 def _shape_of(event: RawEvent, identity: Identity, instance: str) -> _Shape | _Whole:

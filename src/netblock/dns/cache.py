@@ -40,16 +40,18 @@ class Entry:
         """The body with every TTL reduced by the entry's age (or set to stale_ttl)."""
         age = int(now - self.stored)
         if stale_ttl:
-            return self._patch(lambda ttl: stale_ttl)
+            return self._patch([stale_ttl] * len(self.ttls))
         if age != self.rendered_age:
-            self.rendered = self._patch(lambda ttl: ttl - age if ttl > age else 0)
+            # Every remembered answer of this entry is re-rendered from this once a second.
+            self.rendered = self._patch([ttl - age if ttl > age else 0 for ttl in self.ttls])
             self.rendered_age = age
         return self.rendered
 
-    def _patch(self, new_ttl: object) -> bytes:
+    def _patch(self, ttls: list[int]) -> bytes:
         out = bytearray(self.body)
-        for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
-            _TTL.pack_into(out, offset, new_ttl(ttl))  # type: ignore[operator]
+        pack_into = _TTL.pack_into
+        for offset, ttl in zip(self.ttl_offsets, ttls, strict=True):
+            pack_into(out, offset, ttl)
         return bytes(out)
 
 

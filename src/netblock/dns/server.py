@@ -177,7 +177,7 @@ class DnsServer:
         packet = Packet(query if rule is not None else None, answer[2:], entry, rule, stage, slot,
                         source == "cache")
         if entry is not None:
-            packet.until = self._fresh_until(entry, int(time.monotonic() - entry.stored), packet.ages)
+            packet.until = 0.0  # _refresh() decides on the first replay
         packets[data[2:]] = packet
 
     def _forget_oldest(self) -> None:
@@ -187,28 +187,27 @@ class DnsServer:
         for key in list(itertools.islice(packets, max(len(packets) // 8, 1))):
             del packets[key]
 
-    @staticmethod
-    def _fresh_until(entry: Entry, age: int, ages: bool) -> float:
-        """Until when a replay of this entry is exact: its expiry, or the next second of
-        age when the TTLs it shows decay."""
-        return min(entry.expires, entry.stored + age + 1) if ages else entry.expires
-
     def _refresh(self, packet: Packet, data: bytes) -> bool:
-        """Bring a remembered answer up to date: False (and forgotten) if its entry expired."""
+        """Bring a remembered answer up to date, and say until when it is exact: its entry's
+        expiry, or the next second of age when its TTLs decay. False (and forgotten) if the
+        entry expired."""
         entry = packet.entry
         assert entry is not None  # answers without an entry never go out of date
         now = time.monotonic()
         if entry.expires <= now:
             del self.packets[data[2:]]
             return False
-        age = int(now - entry.stored)
+        if not packet.ages:
+            packet.until = entry.expires
+            return True
         tail = packet.tail
-        if packet.ages and not tail[0] & 0x02:  # a whole answer (a TC one holds no TTLs)
+        if not tail[0] & 0x02:  # a whole answer (a TC one holds no TTLs)
             # This client's header and question, the records with this second's TTLs (as
             # rendered for every client of the entry), and its OPT after them.
             body, start = entry.render(now), entry.records_at
             packet.tail = tail[:start] + body[start:] + tail[len(body):]
-        packet.until = self._fresh_until(entry, age, packet.ages)
+        next_second = entry.stored + int(now - entry.stored) + 1
+        packet.until = next_second if next_second < entry.expires else entry.expires
         return True
 
     async def resolve(self, query: wire.Query, client: str, proto: str) -> bytes:
