@@ -150,6 +150,7 @@ class Server:
     user: str = ""  # switch to this user after binding (when started as root)
     udp_payload: int = 1232  # advertised and answered EDNS buffer size
     reuse_port: bool = False
+    batch_io: bool = True  # UDP through recvmmsg/sendmmsg (Linux); off: the event loop's datagram endpoint
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""Batched UDP I/O: recvmmsg(2) and sendmmsg(2) through ctypes (Linux).
+
+The event loop's datagram endpoint makes two system calls and an address tuple per query;
+for a remembered answer that is most of the work (bench/RESULTS.md). Here one call
+receives up to BATCH queries and one call sends their answers, each addressed to the very
+sockaddr buffer its query came from. Forwarded queries are answered later with a plain
+sendto().
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import socket
+from collections.abc import Callable
+
+BATCH = 64  # datagrams per system call
+QUERY_SLOT = 65536  # any UDP datagram fits: the pages a slot does not use are never touched
+MSG_TRUNC, MSG_DONTWAIT = 0x20, 0x40
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+def _libc_calls() -> tuple[Callable[..., int], Callable[..., int]] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    return recvmmsg, sendmmsg
+
+
+_CALLS = _libc_calls()
+
+
+def available() -> bool:
+    return _CALLS is not None
+
+
+_HDR = ctypes.sizeof(_MMsgHdr)
+_NAME_AT = _MMsgHdr.hdr.offset + _MsgHdr.name.offset
+_FLAGS_AT = _MMsgHdr.hdr.offset + _MsgHdr.flags.offset
+_LEN_AT = _MMsgHdr.len.offset
+
+
+class BatchSocket:
+    """A bound, non-blocking UDP socket with receive and send rings of BATCH slots.
+
+    After receive() returns n, datagram i is `data(i)` from the raw sockaddr `source(i)`;
+    reply(i, answer) queues an answer to it and send() sends the queued ones.
+    """
+
+    def __init__(self, sock: socket.socket, answer_slot: int) -> None:
+        assert _CALLS is not None
+        self.sock = sock
+        self.fd = sock.fileno()
+        self._recvmmsg, self._sendmmsg = _CALLS
+        self.address_size = 16 if sock.family == socket.AF_INET else 28  # sockaddr_in / sockaddr_in6
+        self.answer_slot = answer_slot
+        # Anonymous mappings: zero pages until the kernel writes a datagram into them.
+        self._queries = mmap.mmap(-1, BATCH * QUERY_SLOT)
+        self._answers = mmap.mmap(-1, BATCH * answer_slot)
+        self._sources = ctypes.create_string_buffer(BATCH * self.address_size)
+        self._recv_iov = (_IoVec * BATCH)()
+        self._send_iov = (_IoVec * BATCH)()
+        self._recv = (_MMsgHdr * BATCH)()
+        self._send = (_MMsgHdr * BATCH)()
+        queries = ctypes.addressof(ctypes.c_char.from_buffer(self._queries))
+        answers = ctypes.addressof(ctypes.c_char.from_buffer(self._answers))
+        self._sources_at = ctypes.addressof(self._sources)
+        for i in range(BATCH):
+            self._recv_iov[i].base, self._recv_iov[i].len = queries + i * QUERY_SLOT, QUERY_SLOT
+            self._send_iov[i].base = answers + i * answer_slot
+            for header, iov in ((self._recv[i].hdr, self._recv_iov), (self._send[i].hdr, self._send_iov)):
+                header.name = self._sources_at + i * self.address_size
+                header.namelen = self.address_size
+                header.iov = ctypes.addressof(iov) + i * ctypes.sizeof(_IoVec)
+                header.iovlen = 1
+        # The kernel writes namelen and flags back: each receive starts from this copy.
+        self._recv_template = bytes(self._recv)
+        self._recv_size = ctypes.sizeof(self._recv)
+        recv_bytes = memoryview(self._recv).cast("B")
+        self._recv_u32 = recv_bytes.cast("I")
+        self._send_u64 = memoryview(self._send).cast("B").cast("Q")
+        self._send_iov_u64 = memoryview(self._send_iov).cast("B").cast("Q")
+        self.query_bytes = memoryview(self._queries)
+        self.answer_bytes = memoryview(self._answers)
+        self.source_bytes = memoryview(self._sources).cast("B")
+        self.queued = 0
+
+    def receive(self) -> int:
+        """Datagrams waiting, up to BATCH; 0 when there are none (or on an error: an ICMP
+        error for a client that went away is reported here, and there is nothing to do)."""
+        ctypes.memmove(self._recv, self._recv_template, self._recv_size)
+        count = self._recvmmsg(self.fd, self._recv, BATCH, MSG_DONTWAIT, None)
+        return count if count > 0 else 0
+
+    def data(self, i: int) -> bytes | None:
+        """Datagram i, or None if it did not fit its slot (it always does over IPv4 and IPv6)."""
+        words = self._recv_u32
+        base = i * _HDR // 4
+        if words[base + _FLAGS_AT // 4] & MSG_TRUNC:
+            return None
+        start = i * QUERY_SLOT
+        return bytes(self.query_bytes[start : start + words[base + _LEN_AT // 4]])
+
+    def source(self, i: int) -> bytes:
+        start = i * self.address_size
+        return bytes(self.source_bytes[start : start + self.address_size])
+
+    def reply(self, i: int, answer: bytes) -> None:
+        """Queue an answer to datagram i (answers are at most answer_slot octets: _fit())."""
+        j = self.queued
+        start = j * self.answer_slot
+        self.answer_bytes[start : start + len(answer)] = answer
+        self._send_iov_u64[j * 2 + 1] = len(answer)
+        self._send_u64[(j * _HDR + _NAME_AT) // 8] = self._sources_at + i * self.address_size
+        self.queued = j + 1
+
+    def send(self) -> int:
+        """Send the queued answers; the number that could not be sent (a full send buffer)."""
+        queued, sent = self.queued, 0
+        self.queued = 0
+        while sent < queued:
+            header = ctypes.byref(self._send, sent * _HDR)
+            count = self._sendmmsg(self.fd, header, queued - sent, MSG_DONTWAIT)
+            if count <= 0:
+                break
+            sent += count
+        return queued - sent
+
+
+def source_address(raw: bytes) -> tuple[str, tuple[str, int] | tuple[str, int, int, int]]:
+    """A raw sockaddr_in or sockaddr_in6 as (client address, address tuple for sendto)."""
+    port = raw[2] << 8 | raw[3]
+    if len(raw) == 16:
+        host = socket.inet_ntop(socket.AF_INET, raw[4:8])
+        return host, (host, port)
+    host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    return host, (host, port, int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], "little"))

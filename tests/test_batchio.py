@@ -1,0 +1,116 @@
+"""Batched UDP I/O (recvmmsg/sendmmsg): datagrams and their sources come back intact over
+IPv4 and IPv6, answers reach the right client, a burst larger than a batch is answered
+whole; the server serves the same with batch_io on and off."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from netblock.dns import batchio
+
+from harness import Netblock, Nsd
+
+
+def _bound(family: int, host: str) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    return sock
+
+
+@pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_batch_receives_sources_and_answers_each_client(family: int, host: str) -> None:
+    server = _bound(family, host)
+    server.setblocking(False)
+    io = batchio.BatchSocket(server, 512)
+    clients = [_bound(family, host) for _ in range(3)]
+    try:
+        sent = []
+        for n in range(90):  # more than one batch
+            payload = struct.pack("!H", n) + bytes([n % 251]) * (n * 7)  # 2 .. 625 octets
+            clients[n % 3].sendto(payload, server.getsockname())
+            sent.append((n % 3, payload))
+        received = []
+        while len(received) < len(sent):
+            count = io.receive()
+            assert 0 < count <= batchio.BATCH
+            for i in range(count):
+                data = io.data(i)
+                assert data is not None
+                address, reply_to = batchio.source_address(io.source(i))
+                received.append((address, reply_to[1], data))
+                io.reply(i, b"re:" + data[:2])
+            assert io.send() == 0
+        assert io.receive() == 0  # nothing left: no blocking, no error
+        by_port = {c.getsockname()[1]: index for index, c in enumerate(clients)}
+        assert [(by_port[port], data) for _, port, data in received] == sent
+        assert {address for address, _, _ in received} == {host}
+        for index, client in enumerate(clients):
+            client.settimeout(2)
+            answers = [client.recv(100) for _ in range(30)]
+            assert answers == [b"re:" + p[:2] for who, p in sent if who == index]
+    finally:
+        for sock in (server, *clients):
+            sock.close()
+
+
+def test_source_address_decodes_both_families() -> None:
+    v4 = struct.pack("!HH4s8x", socket.AF_INET, 5300, socket.inet_pton(socket.AF_INET, "192.0.2.7"))
+    assert batchio.source_address(v4) == ("192.0.2.7", ("192.0.2.7", 5300))
+    v6 = struct.pack("!HHI16s", socket.AF_INET6, 53, 0, socket.inet_pton(socket.AF_INET6, "2001:db8::1")) + \
+        struct.pack("<I", 3)
+    assert batchio.source_address(v6) == ("2001:db8::1", ("2001:db8::1", 53, 0, 3))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["batch_io", "event_loop"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           upstream: Nsd) -> Iterator[Netblock]:
+    config = {"server": {"batch_io": request.param}, "access": {"rate_limit": {"queries": 0}}}
+    with Netblock(tmp_path_factory.mktemp("batchio"), [upstream.address], config=config) as nb:
+        yield nb
+
+
+def test_blocked_forwarded_and_ipv6_answers(server: Netblock) -> None:
+    assert server.query("weixin.qq.com", "A").rcode() == dns.rcode.NXDOMAIN
+    forwarded = server.query("www.example.test", "A")
+    assert forwarded.rcode() == dns.rcode.NOERROR and forwarded.answer
+    message = dns.message.make_query("weixin.qq.com", "AAAA")
+    assert dns.query.udp(message, "::1", port=server.port, timeout=3).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_a_burst_of_queries_is_answered_whole(server: Netblock) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.settimeout(3)
+    try:
+        ids = set(range(1, 301))
+        for qid in ids:
+            message = dns.message.make_query(f"n{qid % 7}.weixin.qq.com", "A")
+            message.id = qid
+            sock.sendto(message.to_wire(), ("127.0.0.1", server.port))
+        answered = set()
+        while answered != ids:
+            answer = dns.message.from_wire(sock.recv(4096))
+            assert answer.rcode() == dns.rcode.NXDOMAIN
+            answered.add(answer.id)
+    finally:
+        sock.close()
+
+
+def test_an_echo_larger_than_an_answer_slot_still_goes_out(server: Netblock) -> None:
+    """A 6,000-octet query with QDCOUNT=2 gets unbound's FORMERR echo: the whole query back."""
+    query = struct.pack("!HHHHHH", 0x4242, 0x0100, 2, 0, 0, 0) + b"\x01a" * 3000
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(3)
+    try:
+        sock.sendto(query, ("127.0.0.1", server.port))
+        echo = sock.recv(65535)
+    finally:
+        sock.close()
+    assert len(echo) == len(query) and echo[:2] == b"\x42\x42" and echo[3] & 0x0F == dns.rcode.FORMERR
