@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 BATCH = 64  # datagrams per system call
 QUERY_SLOT = 65536  # any UDP datagram fits: the pages a slot does not use are never touched
-MSG_TRUNC, MSG_DONTWAIT = 0x20, 0x40
+MSG_DONTWAIT = 0x40
 
 
 class _IoVec(ctypes.Structure):
@@ -53,16 +53,16 @@ def available() -> bool:
 
 
 _HDR = ctypes.sizeof(_MMsgHdr)
-_NAME_AT = _MMsgHdr.hdr.offset + _MsgHdr.name.offset
-_FLAGS_AT = _MMsgHdr.hdr.offset + _MsgHdr.flags.offset
-_LEN_AT = _MMsgHdr.len.offset
+_HDR_WORDS, _HDR_QWORDS = _HDR // 4, _HDR // 8
+_LEN_WORD = _MMsgHdr.len.offset // 4
+if _MMsgHdr.hdr.offset + _MsgHdr.name.offset != 0:  # send() sets msg_name as a header's first qword
+    raise ImportError("unexpected struct mmsghdr layout")
 
 
 class BatchSocket:
     """A bound, non-blocking UDP socket with receive and send rings of BATCH slots.
 
-    After receive() returns n, datagram i is `data(i)` from the raw sockaddr `source(i)`;
-    reply(i, answer) queues an answer to it and send() sends the queued ones.
+    receive() gives a batch of (datagram, raw source); send() answers some of them by index.
     """
 
     def __init__(self, sock: socket.socket, answer_slot: int) -> None:
@@ -94,51 +94,37 @@ class BatchSocket:
         # The kernel writes namelen and flags back: each receive starts from this copy.
         self._recv_template = bytes(self._recv)
         self._recv_size = ctypes.sizeof(self._recv)
-        recv_bytes = memoryview(self._recv).cast("B")
-        self._recv_u32 = recv_bytes.cast("I")
+        self._recv_u32 = memoryview(self._recv).cast("B").cast("I")
         self._send_u64 = memoryview(self._send).cast("B").cast("Q")
         self._send_iov_u64 = memoryview(self._send_iov).cast("B").cast("Q")
         self.query_bytes = memoryview(self._queries)
         self.answer_bytes = memoryview(self._answers)
         self.source_bytes = memoryview(self._sources).cast("B")
-        self.queued = 0
 
-    def receive(self) -> int:
-        """Datagrams waiting, up to BATCH; 0 when there are none (or on an error: an ICMP
-        error for a client that went away is reported here, and there is nothing to do)."""
+    def receive(self) -> list[tuple[bytes, bytes]]:
+        """The datagrams waiting, up to BATCH, each with its raw source sockaddr; none on an
+        error (an ICMP error for a client that went away is reported here: nothing to do).
+        A datagram always fits its slot (QUERY_SLOT), so the kernel never truncates one."""
         ctypes.memmove(self._recv, self._recv_template, self._recv_size)
         count = self._recvmmsg(self.fd, self._recv, BATCH, MSG_DONTWAIT, None)
-        return count if count > 0 else 0
+        if count <= 0:
+            return []
+        words, queries, sources, size = self._recv_u32, self.query_bytes, self.source_bytes, self.address_size
+        return [(bytes(queries[i * QUERY_SLOT : i * QUERY_SLOT + words[i * _HDR_WORDS + _LEN_WORD]]),
+                 bytes(sources[i * size : i * size + size])) for i in range(count)]
 
-    def data(self, i: int) -> bytes | None:
-        """Datagram i, or None if it did not fit its slot (it always does over IPv4 and IPv6)."""
-        words = self._recv_u32
-        base = i * _HDR // 4
-        if words[base + _FLAGS_AT // 4] & MSG_TRUNC:
-            return None
-        start = i * QUERY_SLOT
-        return bytes(self.query_bytes[start : start + words[base + _LEN_AT // 4]])
-
-    def source(self, i: int) -> bytes:
-        start = i * self.address_size
-        return bytes(self.source_bytes[start : start + self.address_size])
-
-    def reply(self, i: int, answer: bytes) -> None:
-        """Queue an answer to datagram i (answers are at most answer_slot octets: _fit())."""
-        j = self.queued
-        start = j * self.answer_slot
-        self.answer_bytes[start : start + len(answer)] = answer
-        self._send_iov_u64[j * 2 + 1] = len(answer)
-        self._send_u64[(j * _HDR + _NAME_AT) // 8] = self._sources_at + i * self.address_size
-        self.queued = j + 1
-
-    def send(self) -> int:
-        """Send the queued answers; the number that could not be sent (a full send buffer)."""
-        queued, sent = self.queued, 0
-        self.queued = 0
+    def send(self, answers: list[tuple[int, bytes]]) -> int:
+        """Send answers, each to the source of the datagram with that index in the last
+        receive(); the number that could not be sent (a full send buffer). Answers are at
+        most answer_slot octets."""
+        slot, out, lengths, names = self.answer_slot, self.answer_bytes, self._send_iov_u64, self._send_u64
+        for j, (i, answer) in enumerate(answers):
+            out[j * slot : j * slot + len(answer)] = answer
+            lengths[j * 2 + 1] = len(answer)
+            names[j * _HDR_QWORDS] = self._sources_at + i * self.address_size
+        queued, sent = len(answers), 0
         while sent < queued:
-            header = ctypes.byref(self._send, sent * _HDR)
-            count = self._sendmmsg(self.fd, header, queued - sent, MSG_DONTWAIT)
+            count = self._sendmmsg(self.fd, ctypes.byref(self._send, sent * _HDR), queued - sent, MSG_DONTWAIT)
             if count <= 0:
                 break
             sent += count

@@ -589,12 +589,9 @@ class BatchUdpListener:
     def readable(self) -> None:
         io, handle, clients, stats = self.io, self.server.handle, self.clients, self.server.stats
         for _ in range(self.MAX_ROUNDS):
-            count = io.receive()
-            for i in range(count):
-                data = io.data(i)
-                if data is None:
-                    continue
-                raw = io.source(i)
+            batch = io.receive()
+            answers = []
+            for i, (data, raw) in enumerate(batch):
                 client = clients.get(raw)
                 if client is None:
                     client = self._new_client(raw)
@@ -603,14 +600,15 @@ class BatchUdpListener:
                     continue
                 if result.__class__ is not bytes:
                     self.loop.create_task(self._forward(result, client[1]))  # type: ignore[arg-type]
-                elif len(result) <= io.answer_slot:
-                    io.reply(i, result)
+                elif len(result) <= ANSWER_SLOT:
+                    answers.append((i, result))
                 else:  # the echo of a huge malformed query
                     self._send(result, client[1])
-            unsent = io.send()
-            if unsent:
-                stats.dropped["send-buffer-full"] = stats.dropped.get("send-buffer-full", 0) + unsent
-            if count < batchio.BATCH:
+            if answers:
+                unsent = io.send(answers)
+                if unsent:
+                    stats.dropped["send-buffer-full"] = stats.dropped.get("send-buffer-full", 0) + unsent
+            if len(batch) < batchio.BATCH:
                 return
 
     def _new_client(self, raw: bytes) -> tuple[str, Any]:
