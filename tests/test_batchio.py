@@ -117,3 +117,41 @@ def test_an_echo_larger_than_an_answer_slot_still_goes_out(server: Netblock) -> 
     finally:
         sock.close()
     assert len(echo) == len(query) and echo[:2] == b"\x42\x42" and echo[3] & 0x0F == dns.rcode.FORMERR
+
+
+def test_a_query_that_raises_costs_only_itself() -> None:
+    """In process: handle() failing on one datagram of a batch; the others are answered."""
+    import asyncio
+    import dataclasses
+
+    from netblock.config import Config
+    from netblock.dns.server import BatchUdpListener, DnsServer
+
+    config = Config()
+    config = dataclasses.replace(config, events=dataclasses.replace(config.events, enabled=False))
+    server = DnsServer(config)
+
+    def handle(data: bytes, client: str, proto: str) -> object:
+        if data[:2] == b"\x00\x02":
+            raise RuntimeError("a bug")
+        return data[:2] + b"answer"
+
+    server.handle = handle  # type: ignore[assignment,method-assign]
+
+    async def run() -> list[bytes]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        listener = BatchUdpListener(server, sock)
+        client = _bound(socket.AF_INET, "127.0.0.1")
+        client.setblocking(False)
+        try:
+            for qid in (1, 2, 3):
+                client.sendto(struct.pack("!H", qid) + b"query", sock.getsockname())
+            loop = asyncio.get_running_loop()
+            return [await asyncio.wait_for(loop.sock_recv(client, 100), 3) for _ in range(2)]
+        finally:
+            listener.close()
+            client.close()
+
+    assert sorted(asyncio.run(run())) == [b"\x00\x01answer", b"\x00\x03answer"]

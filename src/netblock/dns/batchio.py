@@ -36,7 +36,9 @@ class _MMsgHdr(ctypes.Structure):
 
 def _libc_calls() -> tuple[Callable[..., int], Callable[..., int]] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # PyDLL: the calls never block (MSG_DONTWAIT), so they keep the GIL instead of handing
+        # it to another thread twice per batch.
+        libc = ctypes.PyDLL(ctypes.util.find_library("c") or None, use_errno=True)
         recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None

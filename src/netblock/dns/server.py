@@ -595,7 +595,11 @@ class BatchUdpListener:
                 client = clients.get(raw)
                 if client is None:
                     client = self._new_client(raw)
-                result = handle(data, client[0], "udp")
+                try:
+                    result = handle(data, client[0], "udp")
+                except Exception:  # a bug must cost one query, not the batch around it
+                    log.exception("query from %s failed", client[0])
+                    continue
                 if result is None:
                     continue
                 if result.__class__ is not bytes:
