@@ -70,16 +70,17 @@ class Stats:
     # at scrape time.
     replayed: list[int] = field(default_factory=list)
     replay_kinds: list[tuple[str, str, bool]] = field(default_factory=list)
+    _replay_slots: dict[tuple[str, str, bool], int] = field(default_factory=dict, repr=False)
 
     def replay_slot(self, source: str, rcode: str, cached: bool) -> int:
         """The index in `replayed` that counts replays of this kind of answer."""
         kind = (source, rcode, cached)
-        try:
-            return self.replay_kinds.index(kind)
-        except ValueError:
+        slot = self._replay_slots.get(kind)
+        if slot is None:
+            slot = self._replay_slots[kind] = len(self.replayed)
             self.replay_kinds.append(kind)
             self.replayed.append(0)
-            return len(self.replayed) - 1
+        return slot
 
     def _replays(self) -> list[tuple[tuple[str, str, bool], int]]:
         # Scrapes run in another thread: a slot being added may have its kind and not yet
