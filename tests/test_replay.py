@@ -158,7 +158,7 @@ def test_table_is_bounded_and_forgets_the_oldest_eighth(clock: Clock) -> None:
     names = [f"n{i}.weixin.qq.com" for i in range(200)]
     for name in names:
         server.handle(_query(name, 1), CLIENT, "udp")
-        assert len(server.packets) <= server.packets_max == 80
-    assert len(server.packets) > 80 - 80 // 8 - 1  # never emptied at once
-    assert _query(names[-1], 1)[2:] in server.packets  # the newest stay
-    assert _query(names[0], 1)[2:] not in server.packets
+        assert len(server.policy_packets) <= server.packets_max == 80
+    assert len(server.policy_packets) > 80 - 80 // 8 - 1  # never emptied at once
+    assert _query(names[-1], 1)[2:] in server.policy_packets  # the newest stay
+    assert _query(names[0], 1)[2:] not in server.policy_packets

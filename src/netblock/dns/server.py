@@ -74,9 +74,13 @@ class DnsServer:
         self.inspect_answers = config.policy.inspect_answers
         self.trusted_relays = tuple(ipaddress.ip_network(n, strict=False) for n in config.devices.trusted_relays)
         self.inflight: dict[CacheKey, asyncio.Future[Entry | None]] = {}
-        self.packets: dict[bytes, Packet] = {}  # query bytes after the ID -> remembered answer
-        # Remembered answers: the cached ones (one per spelling of a query) and the blocked
-        # ones, which the cache does not hold: room for twice the cache.
+        # Query bytes after the ID -> remembered answer: cached answers, and policy answers
+        # (blocked names) apart, so that a flood of distinct blocked names does not spread the
+        # cached ones over a table many times larger (more cache misses on every replay).
+        self.packets: dict[bytes, Packet] = {}
+        self.policy_packets: dict[bytes, Packet] = {}
+        # Remembered answers in all: the cached ones (one per spelling of a query) and the
+        # blocked ones, which the cache does not hold: room for twice the cache.
         self.packets_max = max(2 * config.cache.size, 1)
         self.tcp_connections = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -93,7 +97,10 @@ class DnsServer:
         refusal = self.admission.check(client)
         # 2. the same bytes after the ID as a recent UDP query: the same answer, replayed
         if proto == "udp" and not refusal:
-            packet = self.packets.get(data[2:])
+            replay_key = data[2:]
+            packet = self.packets.get(replay_key)
+            if packet is None:
+                packet = self.policy_packets.get(replay_key)
             if packet is not None and (packet.until > time.monotonic() or self._refresh(packet, data)):
                 if packet.rule is not None:
                     # a packet with a rule keeps its query
@@ -169,8 +176,7 @@ class DnsServer:
 
     def _remember(self, data: bytes, query: wire.Query, answer: bytes, entry: Entry | None, rule: Rule | None,
                   stage: str, source: str) -> None:
-        packets = self.packets
-        if len(packets) >= self.packets_max:
+        if len(self.packets) + len(self.policy_packets) >= self.packets_max:
             self._forget_oldest()
         rcode = answer[3] & 0x0F
         slot = self.stats.replay_slot(source, RCODE_NAMES.get(rcode, str(rcode)), entry is not None)
@@ -180,12 +186,14 @@ class DnsServer:
                         source == "cache")
         if entry is not None:
             packet.until = 0.0  # _refresh() decides on the first replay
-        packets[data[2:]] = packet
+            self.packets[data[2:]] = packet
+        else:
+            self.policy_packets[data[2:]] = packet
 
     def _forget_oldest(self) -> None:
-        """Make room: the oldest eighth of the remembered answers goes, a bounded pause
-        (dropping all of them at once froze the loop for ~20 ms at 100,000)."""
-        packets = self.packets
+        """Make room: the oldest eighth of the larger table goes, a bounded pause (dropping
+        all the remembered answers at once froze the loop for ~20 ms at 100,000)."""
+        packets = max(self.packets, self.policy_packets, key=len)
         for key in list(itertools.islice(packets, max(len(packets) // 8, 1))):
             del packets[key]
 
@@ -383,6 +391,7 @@ class DnsServer:
         self.policy = policy
         self.cache.clear()  # answers were decided and inspected under the old policy
         self.packets.clear()
+        self.policy_packets.clear()
 
     # ------------------------------------------------------------------ lifecycle
 
