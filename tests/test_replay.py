@@ -150,6 +150,8 @@ def test_blocked_replays_are_each_an_event(clock: Clock) -> None:
         assert isinstance(answer, bytes) and answer[3] & 0x0F == wire.NXDOMAIN and answer[:2] == bytes((0, qid))
     assert len(recorded) == 5
     assert {event[3] for event in recorded} == {b"\x06weixin\x02qq\x03com\x00"}
+    assert server.stats.all_blocked() == {("wechat", "query", "block"): 5}  # 1 answered, 4 replayed
+    assert sum(server.stats.replayed) == 4
 
 
 def test_table_is_bounded_and_forgets_the_oldest_eighth(clock: Clock) -> None:

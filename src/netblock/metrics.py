@@ -134,7 +134,7 @@ class NetblockCollector(Collector):
             "and action (block, monitor)",
             labels=["list", "vendor", "stage", "action"],
         )
-        for (list_name, stage, action), n in dict(stats.blocked).items():
+        for (list_name, stage, action), n in stats.all_blocked().items():
             blocked.add_metric([list_name, vendors.get(list_name, ""), stage, action], n)
         yield blocked
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Seconds; the buckets of the request and upstream duration histograms.
 DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -31,6 +32,18 @@ class Histogram:
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         self.sum += seconds
+
+
+class ReplayKind(NamedTuple):
+    """What a replayed answer counts as: its source and rcode, whether it came from the
+    cache, and the list, stage and action of the attempt it records ('' when none)."""
+
+    source: str
+    rcode: str
+    cached: bool
+    list_name: str = ""
+    stage: str = ""
+    action: str = ""
 
 
 @dataclass
@@ -64,17 +77,16 @@ class Stats:
     reload_failures: int = 0
     inspector_detections: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, list) -> count
     device_blocked: dict[str, int] = field(default_factory=dict)  # inventory device name -> count
-    # Answers replayed from memory, one int per (source, rcode, from the cache) slot: the
-    # busiest line of the query path is a list item += 1, folded into the UDP queries, the
-    # responses, the cache hits and the lowest duration bucket (a replay takes microseconds)
-    # at scrape time.
+    # Answers replayed from memory, one int per kind of answer: the busiest line of the
+    # query path is a list item += 1, folded at scrape time into the UDP queries, the
+    # responses, the cache hits, the blocked attempts and the lowest duration bucket (a
+    # replay takes microseconds).
     replayed: list[int] = field(default_factory=list)
-    replay_kinds: list[tuple[str, str, bool]] = field(default_factory=list)
-    _replay_slots: dict[tuple[str, str, bool], int] = field(default_factory=dict, repr=False)
+    replay_kinds: list[ReplayKind] = field(default_factory=list)
+    _replay_slots: dict[ReplayKind, int] = field(default_factory=dict, repr=False)
 
-    def replay_slot(self, source: str, rcode: str, cached: bool) -> int:
+    def replay_slot(self, kind: ReplayKind) -> int:
         """The index in `replayed` that counts replays of this kind of answer."""
-        kind = (source, rcode, cached)
         slot = self._replay_slots.get(kind)
         if slot is None:
             slot = self._replay_slots[kind] = len(self.replayed)
@@ -82,7 +94,7 @@ class Stats:
             self.replayed.append(0)
         return slot
 
-    def _replays(self) -> list[tuple[tuple[str, str, bool], int]]:
+    def _replays(self) -> list[tuple[ReplayKind, int]]:
         # Scrapes run in another thread: a slot being added may have its kind and not yet
         # its count, so the shorter list decides.
         return list(zip(self.replay_kinds, self.replayed, strict=False))
@@ -94,12 +106,22 @@ class Stats:
     def all_responses(self) -> dict[tuple[str, str], int]:
         """Responses by (source, rcode name), replays included."""
         merged = dict(self.responses)
-        for (source, rcode, _), count in self._replays():
-            merged[(source, rcode)] = merged.get((source, rcode), 0) + count
+        for kind, count in self._replays():
+            label = (kind.source, kind.rcode)
+            merged[label] = merged.get(label, 0) + count
         return merged
 
     def all_cache_hits(self) -> int:
-        return self.cache_hits + sum(count for (_, _, cached), count in self._replays() if cached)
+        return self.cache_hits + sum(count for kind, count in self._replays() if kind.cached)
+
+    def all_blocked(self) -> dict[tuple[str, str, str], int]:
+        """Blocked (or monitored) attempts by (list, stage, action), replays included."""
+        merged = dict(self.blocked)
+        for kind, count in self._replays():
+            if kind.list_name:
+                key = (kind.list_name, kind.stage, kind.action)
+                merged[key] = merged.get(key, 0) + count
+        return merged
 
     def all_request_durations(self) -> Histogram:
         """The request duration histogram with every replay in its lowest bucket."""

@@ -32,7 +32,7 @@ from netblock.names import from_wire
 from netblock.policy.match import Policy
 from netblock.policy.reload import PolicyHolder
 from netblock.policy.rule import Rule
-from netblock.stats import RCODE_NAMES, Stats
+from netblock.stats import RCODE_NAMES, ReplayKind, Stats
 
 log = logging.getLogger("netblock.server")
 
@@ -104,8 +104,8 @@ class DnsServer:
             if packet is not None and (packet.until > time.monotonic() or self._refresh(packet, data)):
                 if packet.rule is not None:
                     # a packet with a rule keeps its query
-                    self._record(packet.query, client, packet.rule, packet.stage, "udp")  # type: ignore[arg-type]
-                stats.replayed[packet.slot] += 1  # the query, its answer and its duration
+                    self._event(packet.query, client, packet.rule, packet.stage, "udp")  # type: ignore[arg-type]
+                stats.replayed[packet.slot] += 1  # the query, its answer, its duration, the attempt
                 return data[:2] + packet.tail
         stats.queries[proto] += 1
         if refusal:
@@ -179,7 +179,10 @@ class DnsServer:
         if len(self.packets) + len(self.policy_packets) >= self.packets_max:
             self._forget_oldest()
         rcode = answer[3] & 0x0F
-        slot = self.stats.replay_slot(source, RCODE_NAMES.get(rcode, str(rcode)), entry is not None)
+        kind = ReplayKind(source, RCODE_NAMES.get(rcode, str(rcode)), entry is not None)
+        if rule is not None:
+            kind = kind._replace(list_name=rule.list_name, stage=stage, action=rule.action)
+        slot = self.stats.replay_slot(kind)
         # Only replays that are events need the query (name, type, MAC); a cached answer
         # re-reads it from the bytes when its TTLs are re-rendered.
         packet = Packet(query if rule is not None else None, answer[2:], entry, rule, stage, slot,
@@ -355,8 +358,12 @@ class DnsServer:
     # ------------------------------------------------------------------ events
 
     def _record(self, query: wire.Query, client: str, rule: Rule, stage: str, proto: str) -> None:
+        """Count a blocked (or monitored) attempt and record its event."""
         key = (rule.list_name, stage, rule.action)
         self.stats.blocked[key] = self.stats.blocked.get(key, 0) + 1
+        self._event(query, client, rule, stage, proto)
+
+    def _event(self, query: wire.Query, client: str, rule: Rule, stage: str, proto: str) -> None:
         if query.ecs is not None and self.trusted_relays:
             client = self._ecs_client(query.ecs, client)
         # The wire name as sent: the writer thread renders it, off the query path.
