@@ -67,7 +67,7 @@ def test_source_address_decodes_both_families() -> None:
     v4 = struct.pack("!HH4s8x", socket.AF_INET, 5300, socket.inet_pton(socket.AF_INET, "192.0.2.7"))
     assert batchio.source_address(v4) == ("192.0.2.7", ("192.0.2.7", 5300))
     v6 = struct.pack("!HHI16s", socket.AF_INET6, 53, 0, socket.inet_pton(socket.AF_INET6, "2001:db8::1")) + \
-        struct.pack("<I", 3)
+        struct.pack("=I", 3)  # the scope id in host order
     assert batchio.source_address(v6) == ("2001:db8::1", ("2001:db8::1", 53, 0, 3))
 
 

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import mmap
 import socket
+import sys
 from collections.abc import Callable
 
 BATCH = 64  # datagrams per system call
@@ -140,4 +141,5 @@ def source_address(raw: bytes) -> tuple[str, tuple[str, int] | tuple[str, int, i
         host = socket.inet_ntop(socket.AF_INET, raw[4:8])
         return host, (host, port)
     host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-    return host, (host, port, int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], "little"))
+    # sin6_flowinfo is in network order, sin6_scope_id in the host's
+    return host, (host, port, int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
