@@ -78,14 +78,14 @@ class BatchSocket:
         # Anonymous mappings: zero pages until the kernel writes a datagram into them.
         self._queries = mmap.mmap(-1, BATCH * QUERY_SLOT)
         self._answers = mmap.mmap(-1, BATCH * answer_slot)
-        self._sources = ctypes.create_string_buffer(BATCH * self.address_size)
+        self._sources = mmap.mmap(-1, BATCH * self.address_size)
         self._recv_iov = (_IoVec * BATCH)()
         self._send_iov = (_IoVec * BATCH)()
         self._recv = (_MMsgHdr * BATCH)()
         self._send = (_MMsgHdr * BATCH)()
         queries = ctypes.addressof(ctypes.c_char.from_buffer(self._queries))
         answers = ctypes.addressof(ctypes.c_char.from_buffer(self._answers))
-        self._sources_at = ctypes.addressof(self._sources)
+        self._sources_at = ctypes.addressof(ctypes.c_char.from_buffer(self._sources))
         for i in range(BATCH):
             self._recv_iov[i].base, self._recv_iov[i].len = queries + i * QUERY_SLOT, QUERY_SLOT
             self._send_iov[i].base = answers + i * answer_slot
@@ -100,9 +100,7 @@ class BatchSocket:
         self._recv_u32 = memoryview(self._recv).cast("B").cast("I")
         self._send_u64 = memoryview(self._send).cast("B").cast("Q")
         self._send_iov_u64 = memoryview(self._send_iov).cast("B").cast("Q")
-        self.query_bytes = memoryview(self._queries)
         self.answer_bytes = memoryview(self._answers)
-        self.source_bytes = memoryview(self._sources).cast("B")
 
     def receive(self) -> list[tuple[bytes, bytes]]:
         """The datagrams waiting, up to BATCH, each with its raw source sockaddr; none on an
@@ -112,9 +110,10 @@ class BatchSocket:
         count = self._recvmmsg(self.fd, self._recv, BATCH, MSG_DONTWAIT, None)
         if count <= 0:
             return []
-        words, queries, sources, size = self._recv_u32, self.query_bytes, self.source_bytes, self.address_size
-        return [(bytes(queries[i * QUERY_SLOT : i * QUERY_SLOT + words[i * _HDR_WORDS + _LEN_WORD]]),
-                 bytes(sources[i * size : i * size + size])) for i in range(count)]
+        # Slicing an mmap gives bytes in one step.
+        words, queries, sources, size = self._recv_u32, self._queries, self._sources, self.address_size
+        return [(queries[i * QUERY_SLOT : i * QUERY_SLOT + words[i * _HDR_WORDS + _LEN_WORD]],
+                 sources[i * size : i * size + size]) for i in range(count)]
 
     def send(self, answers: list[tuple[int, bytes]]) -> int:
         """Send answers, each to the source of the datagram with that index in the last
