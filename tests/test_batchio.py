@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import dns.message
 import dns.query
@@ -15,7 +16,7 @@ import pytest
 
 from netblock.dns import batchio
 
-from harness import Netblock, Nsd
+from harness import Netblock, Nsd, free_port
 
 
 def _bound(family: int, host: str) -> socket.socket:
@@ -155,3 +156,32 @@ def test_a_query_that_raises_costs_only_itself() -> None:
             client.close()
 
     assert sorted(asyncio.run(run())) == [b"\x00\x01answer", b"\x00\x03answer"]
+
+
+@pytest.mark.parametrize("batch_io", [True, False])
+def test_wildcard_listeners_of_both_families_share_a_port(tmp_path: Path, upstream: Nsd, batch_io: bool) -> None:
+    """config/production.yaml listens on 0.0.0.0:53 and [::]:53: the IPv6 sockets are IPv6
+    only, or the second bind fails on Linux's dual-stack default. Queried on loopback only."""
+    port = free_port()
+    config = {"server": {"listen": [f"0.0.0.0:{port}", f"[::]:{port}"], "batch_io": batch_io}}
+    with Netblock(tmp_path, [upstream.address], config=config, port=port) as server:
+        for host in ("127.0.0.1", "::1"):
+            message = dns.message.make_query("weixin.qq.com", "A")
+            assert dns.query.udp(message, host, port=server.port, timeout=3).rcode() == dns.rcode.NXDOMAIN
+            assert dns.query.tcp(message, host, port=server.port, timeout=3).rcode() == dns.rcode.NXDOMAIN
+
+
+@pytest.mark.parametrize("batch_io", [True, False])
+def test_a_taken_port_is_a_clear_error(tmp_path: Path, batch_io: bool) -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        server = Netblock(tmp_path, ["127.0.0.1:9"], config={"server": {"listen": [f"127.0.0.1:{port}"],
+                                                                         "batch_io": batch_io}}, port=port)
+        server.start(expect_fail=True)
+        assert server.proc is not None
+        assert server.proc.wait(timeout=30) != 0
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in server.log()
+    finally:
+        taken.close()

@@ -439,25 +439,26 @@ class DnsServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         reuse = self.config.server.reuse_port
         try:
+            sock = self._udp_socket(host, port, family, reuse)
             if self.config.server.batch_io and batchio.available():
-                self.transports.append(BatchUdpListener(self, self._udp_socket(host, port, family, reuse)))
+                self.transports.append(BatchUdpListener(self, sock))
             else:
-                transport, _ = await self.loop.create_datagram_endpoint(
-                    lambda: UdpListener(self), local_addr=(host, port), family=family, reuse_port=reuse or None)
+                transport, _ = await self.loop.create_datagram_endpoint(lambda: UdpListener(self), sock=sock)
                 self.transports.append(transport)
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             self.tcp_servers.append(await asyncio.start_server(
                 self._tcp_client, host, port, family=family, reuse_address=True, reuse_port=reuse or None,
                 backlog=1024))
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from None
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}") from None
 
     @staticmethod
     def _udp_socket(host: str, port: int, family: int, reuse_port: bool) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if family == socket.AF_INET6:
+                # IPv6 only, as the TCP listeners are: "[::]:53" next to "0.0.0.0:53" (the
+                # production config) must not collide with it on Linux's dual-stack default.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
