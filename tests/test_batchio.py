@@ -47,7 +47,7 @@ def test_batch_receives_sources_and_answers_each_client(family: int, host: str) 
                 received.append((address, reply_to[1], data))
                 if data[1] % 2 == 0:  # every other one answered: answers go by index
                     answers.append((i, b"re:" + data[:2]))
-            assert io.send(answers) == 0
+            assert io.send(answers) == (0, 0)
         assert io.receive() == []  # nothing left: no blocking, no error
         by_port = {c.getsockname()[1]: index for index, c in enumerate(clients)}
         assert [(by_port[port], data) for _, port, data in received] == sent
@@ -67,9 +67,9 @@ def test_batch_receives_sources_and_answers_each_client(family: int, host: str) 
 def test_source_address_decodes_both_families() -> None:
     v4 = struct.pack("!HH4s8x", socket.AF_INET, 5300, socket.inet_pton(socket.AF_INET, "192.0.2.7"))
     assert batchio.source_address(v4) == ("192.0.2.7", ("192.0.2.7", 5300))
-    v6 = struct.pack("!HHI16s", socket.AF_INET6, 53, 0, socket.inet_pton(socket.AF_INET6, "2001:db8::1")) + \
-        struct.pack("=I", 3)  # the scope id in host order
-    assert batchio.source_address(v6) == ("2001:db8::1", ("2001:db8::1", 53, 0, 3))
+    v6 = struct.pack("!HHI16s", socket.AF_INET6, 53, 7, socket.inet_pton(socket.AF_INET6, "2001:db8::1")) + \
+        struct.pack("=I", 0)  # flowinfo in network order, the scope id in host order
+    assert batchio.source_address(v6) == ("2001:db8::1", ("2001:db8::1", 53, 7, 0))
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["batch_io", "event_loop"])
@@ -185,3 +185,39 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path, batch_io: bool) -> None:
         assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in server.log()
     finally:
         taken.close()
+
+
+def test_a_refused_destination_costs_only_its_own_answer() -> None:
+    """sendmmsg stops at a message the kernel refuses (here a source port 0): the answers
+    after it still go out."""
+    server = _bound(socket.AF_INET, "127.0.0.1")
+    server.setblocking(False)
+    io = batchio.BatchSocket(server, 512)
+    clients = [_bound(socket.AF_INET, "127.0.0.1") for _ in range(3)]
+    try:
+        for n, client in enumerate(clients):
+            client.sendto(bytes([n]), server.getsockname())
+        batch = []
+        for _ in range(100):  # loopback delivery is immediate; bounded anyway
+            batch += io.receive()
+            if len(batch) == 3:
+                break
+        assert len(batch) == 3
+        io._sources[2:4] = b"\x00\x00"  # the first source's port: 0 cannot be sent to
+        assert io.send([(i, b"re" + data) for i, (data, _) in enumerate(batch)]) == (0, 1)
+        for n, client in enumerate(clients):
+            if batch[0][0] == bytes([n]):
+                continue
+            client.settimeout(2)
+            assert client.recv(10) == b"re" + bytes([n])
+    finally:
+        for sock in (server, *clients):
+            sock.close()
+
+
+def test_a_link_local_source_names_its_interface() -> None:
+    raw = struct.pack("!HHI16s", socket.AF_INET6, 53, 0x12345, socket.inet_pton(socket.AF_INET6, "fe80::1")) + \
+        struct.pack("=I", socket.if_nametoindex("lo"))
+    client, address = batchio.source_address(raw)
+    assert client == "fe80::1%lo"
+    assert address == ("fe80::1", 53, 0x12345, socket.if_nametoindex("lo"))

@@ -164,3 +164,33 @@ def test_table_is_bounded_and_forgets_the_oldest_eighth(clock: Clock) -> None:
     assert len(server.policy_packets) > 80 - 80 // 8 - 1  # never emptied at once
     assert _query(names[-1], 1)[2:] in server.policy_packets  # the newest stay
     assert _query(names[0], 1)[2:] not in server.policy_packets
+
+
+def test_a_reload_forgets_every_remembered_answer(clock: Clock) -> None:
+    from netblock.policy.match import Policy
+
+    server = _server()
+    server.holder.load_initial()
+    data = _query("weixin.qq.com", 1)
+    server.handle(data, CLIENT, "udp")
+    assert isinstance(server.handle(data, CLIENT, "udp"), bytes)  # replayed: blocked
+    server._install(Policy())  # a policy that blocks nothing
+    assert isinstance(server.handle(data, CLIENT, "udp"), wire.Query)  # forwarded, not replayed
+
+
+def test_a_rate_limited_client_gets_refused_not_a_replay(clock: Clock) -> None:
+    server = _server()
+    server.holder.load_initial()
+    server.admission.capacity, server.admission.refill = 3.0, 0.0  # 3 queries, never refilled
+    data = _query("weixin.qq.com", 1)
+    answers = [server.handle(data, CLIENT, "udp") for _ in range(5)]
+    assert [a[3] & 0x0F for a in answers] == [wire.NXDOMAIN] * 3 + [wire.REFUSED] * 2  # type: ignore[index]
+
+
+def test_a_query_padded_with_junk_is_answered_but_not_remembered(clock: Clock) -> None:
+    server = _server()
+    server.holder.load_initial()
+    padded = _query("weixin.qq.com", 1, edns=False) + b"\x00" * 60_000  # ARCOUNT 0: the rest is ignored
+    answer = server.handle(padded, CLIENT, "udp")
+    assert isinstance(answer, bytes) and answer[3] & 0x0F == wire.NXDOMAIN
+    assert not server.packets and not server.policy_packets

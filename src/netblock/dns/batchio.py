@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import socket
 import sys
@@ -19,6 +20,7 @@ from collections.abc import Callable
 BATCH = 64  # datagrams per system call
 QUERY_SLOT = 65536  # any UDP datagram fits: the pages a slot does not use are never touched
 MSG_DONTWAIT = 0x40
+_BUFFER_FULL = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ENOMEM)
 
 
 class _IoVec(ctypes.Structure):
@@ -52,7 +54,8 @@ _CALLS = _libc_calls()
 
 
 def available() -> bool:
-    return _CALLS is not None
+    """recvmmsg/sendmmsg are there and the structs have the 64-bit layout send() writes."""
+    return _CALLS is not None and ctypes.sizeof(ctypes.c_void_p) == 8 and ctypes.sizeof(_IoVec) == 16
 
 
 _HDR = ctypes.sizeof(_MMsgHdr)
@@ -115,22 +118,28 @@ class BatchSocket:
         return [(queries[i * QUERY_SLOT : i * QUERY_SLOT + words[i * _HDR_WORDS + _LEN_WORD]],
                  sources[i * size : i * size + size]) for i in range(count)]
 
-    def send(self, answers: list[tuple[int, bytes]]) -> int:
+    def send(self, answers: list[tuple[int, bytes]]) -> tuple[int, int]:
         """Send answers, each to the source of the datagram with that index in the last
-        receive(); the number that could not be sent (a full send buffer). Answers are at
-        most answer_slot octets."""
+        receive(). Answers are at most answer_slot octets. Returns how many could not be
+        sent: (the send buffer was full, the destination was refused)."""
         slot, out, lengths, names = self.answer_slot, self.answer_bytes, self._send_iov_u64, self._send_u64
         for j, (i, answer) in enumerate(answers):
             out[j * slot : j * slot + len(answer)] = answer
             lengths[j * 2 + 1] = len(answer)
             names[j * _HDR_QWORDS] = self._sources_at + i * self.address_size
-        queued, sent = len(answers), 0
+        queued, sent, refused = len(answers), 0, 0
         while sent < queued:
             count = self._sendmmsg(self.fd, ctypes.byref(self._send, sent * _HDR), queued - sent, MSG_DONTWAIT)
-            if count <= 0:
+            if count > 0:
+                sent += count
+                continue
+            if ctypes.get_errno() in _BUFFER_FULL:
                 break
-            sent += count
-        return queued - sent
+            # sendmmsg stops at a message the kernel refuses (a source port 0, a broadcast
+            # address): that one is skipped, the others still go.
+            sent += 1
+            refused += 1
+        return queued - sent, refused
 
 
 def source_address(raw: bytes) -> tuple[str, tuple[str, int] | tuple[str, int, int, int]]:
@@ -141,4 +150,11 @@ def source_address(raw: bytes) -> tuple[str, tuple[str, int] | tuple[str, int, i
         return host, (host, port)
     host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
     # sin6_flowinfo is in network order, sin6_scope_id in the host's
-    return host, (host, port, int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
+    flowinfo, scope = int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder)
+    client = host
+    if scope:  # a link-local client, written as the event loop writes it: fe80::1%eth0
+        try:
+            client = f"{host}%{socket.if_indextoname(scope)}"
+        except OSError:
+            client = f"{host}%{scope}"
+    return client, (host, port, flowinfo, scope)

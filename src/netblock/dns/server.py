@@ -40,6 +40,9 @@ _H = struct.Struct("!H")
 _EMPTY_POLICY = Policy()
 SWITCH_INTERVAL = 0.0005  # seconds
 RECEIVE_BUFFER = 4 * 1024 * 1024  # octets: a burst of queries waits here, not dropped
+# Queries remembered for replays are at most this long: the bytes are the key, and a query
+# padded with junk after its question must not make each entry tens of kilobytes.
+REMEMBER_MAX = 512  # octets
 ANSWER_SLOT = 4096  # octets: the largest UDP answer _fit() lets out (server.udp_payload <= 4096)
 FULL_COLLECTION_EVERY = 100  # middle-generation collections (CPython's default: 10)
 
@@ -142,7 +145,9 @@ class DnsServer:
             if entry.rule is not None:
                 self._record(query, client, entry.rule, entry.stage, proto)
                 answer = wire.blocked_answer(query, entry.rule, self.udp_payload, name_matched=False)
-                return self._reply(data, query, answer, proto, "blocked", started, entry, entry.rule, entry.stage)
+                # A replay records one attempt: not when a monitor rule recorded another.
+                return self._reply(data, query, answer, proto, "blocked", started, entry, entry.rule, entry.stage,
+                                   remember=rule is None)
             return self._reply(data, query, self._from_entry(query, entry), proto, "cache", started, entry, rule,
                                "query")
         # 7.-9. forward, inspect, store and reply: resolve()
@@ -167,10 +172,10 @@ class DnsServer:
                           time.perf_counter())
 
     def _reply(self, data: bytes, query: wire.Query, answer: bytes, proto: str, source: str, started: float,
-               entry: Entry | None, rule: Rule | None, stage: str) -> bytes:
+               entry: Entry | None, rule: Rule | None, stage: str, remember: bool = True) -> bytes:
         """An answer found without forwarding: fitted to UDP, remembered for replays, counted."""
         answer = self._fit(query, answer, proto)
-        if proto == "udp":
+        if proto == "udp" and remember and len(data) <= REMEMBER_MAX:
             self._remember(data, query, answer, entry, rule, stage, source)
         return self._done(answer, source, None, started)
 
@@ -626,9 +631,11 @@ class BatchUdpListener:
                 else:  # the echo of a huge malformed query
                     self._send(result, client[1])
             if answers:
-                unsent = io.send(answers)
-                if unsent:
-                    stats.dropped["send-buffer-full"] = stats.dropped.get("send-buffer-full", 0) + unsent
+                full, refused = io.send(answers)
+                if full:
+                    stats.dropped["send-buffer-full"] = stats.dropped.get("send-buffer-full", 0) + full
+                if refused:
+                    stats.dropped["send-refused"] = stats.dropped.get("send-refused", 0) + refused
             if len(batch) < batchio.BATCH:
                 return
 
@@ -646,9 +653,10 @@ class BatchUdpListener:
     def _send(self, answer: bytes, address: Any) -> None:
         try:
             self.sock.sendto(answer, address)
-        except OSError:  # a full send buffer, or a client that went away
+        except OSError as exc:
+            reason = "send-buffer-full" if isinstance(exc, BlockingIOError) else "send-refused"
             stats = self.server.stats
-            stats.dropped["send-buffer-full"] = stats.dropped.get("send-buffer-full", 0) + 1
+            stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
