@@ -328,7 +328,6 @@ class EventRecorder:
         rows: list[Row] = []
         lines: list[str] = []
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
-        shapes = self._shapes
         for event in batch:
             ts, client_ip, mac, name, qtype, rule, stage, protocol = event
             if name.__class__ is bytes:  # rendered once here for both sinks
@@ -337,24 +336,7 @@ class EventRecorder:
             if device_blocked is not None and identity.device.in_inventory:
                 device = identity.device.name
                 device_blocked[device] = device_blocked.get(device, 0) + 1
-            # Rendering the row and the JSON document is most of the writer's work. A shape
-            # seen again (same device, list entry, type, stage) is rendered once and filled
-            # in; a first sighting is rendered whole, which costs half of building a shape.
-            # The shape holds its identity, so the id in the key cannot be reused meanwhile.
-            key = (qtype, stage, protocol, client_ip, mac, rule.list_name, rule.vendor, rule.kind, rule.action,
-                   rule.policy, rule.origin, rule.role, id(identity))
-            found = shapes.get(key)
-            shape: _Shape | _Whole
-            if found is None and key not in shapes:
-                if len(shapes) >= SHAPES_MAX:
-                    for oldest in list(itertools.islice(shapes, SHAPES_MAX // 2)):
-                        del shapes[oldest]
-                shapes[key] = None
-                shape = _Whole(identity, self.instance)
-            elif found is None or found.identity is not identity:
-                shape = shapes[key] = _shape_of(event, identity, self.instance)
-            else:
-                shape = found
+            shape = self._shape(event, identity)
             if self.store_sink:
                 rows.append(shape.row(event))
             if self.jsonl_sink:
@@ -368,6 +350,26 @@ class EventRecorder:
                 self.jsonl_sink.failed(len(lines), exc)
         if self.store_sink:
             self._write_store(rows)
+
+    def _shape(self, event: RawEvent, identity: Identity) -> _Shape | _Whole:
+        """How to render this event. Rendering the row and the JSON document is most of the
+        writer's work: a shape seen again (same device, list entry, type, stage) is rendered
+        once and filled in; a first sighting is rendered whole, which costs half of building
+        a shape. The shape holds its identity, so the id in the key cannot be reused meanwhile."""
+        _, client_ip, mac, _, qtype, rule, stage, protocol = event
+        shapes = self._shapes
+        key = (qtype, stage, protocol, client_ip, mac, rule.list_name, rule.vendor, rule.kind, rule.action,
+               rule.policy, rule.origin, rule.role, id(identity))
+        found = shapes.get(key)
+        if found is None and key not in shapes:
+            if len(shapes) >= SHAPES_MAX:
+                for oldest in list(itertools.islice(shapes, SHAPES_MAX // 2)):
+                    del shapes[oldest]
+            shapes[key] = None
+            return _Whole(identity, self.instance)
+        if found is None or found.identity is not identity:
+            found = shapes[key] = _shape_of(event, identity, self.instance)
+        return found
 
     def _write_store(self, rows: list[Row]) -> None:
         assert self.store_sink is not None

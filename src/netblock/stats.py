@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 # Seconds; the buckets of the request and upstream duration histograms.
 DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+K = TypeVar("K")
 
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS"}
 
@@ -103,25 +106,30 @@ class Stats:
         """Queries by transport, replays (UDP) included."""
         return {**self.queries, "udp": self.queries.get("udp", 0) + sum(self.replayed)}
 
+    def _with_replays(self, counts: dict[K, int], key: Callable[[ReplayKind], K | None]) -> dict[K, int]:
+        """counts plus the replays, each under key(kind) (None: not counted there)."""
+        merged = dict(counts)
+        for kind, count in self._replays():
+            label = key(kind)
+            if label is not None:
+                merged[label] = merged.get(label, 0) + count
+        return merged
+
     def all_responses(self) -> dict[tuple[str, str], int]:
         """Responses by (source, rcode name), replays included."""
-        merged = dict(self.responses)
-        for kind, count in self._replays():
-            label = (kind.source, kind.rcode)
-            merged[label] = merged.get(label, 0) + count
-        return merged
+        return self._with_replays(self.responses, lambda kind: (kind.source, kind.rcode))
 
     def all_cache_hits(self) -> int:
         return self.cache_hits + sum(count for kind, count in self._replays() if kind.cached)
 
     def all_blocked(self) -> dict[tuple[str, str, str], int]:
         """Blocked (or monitored) attempts by (list, stage, action), replays included."""
-        merged = dict(self.blocked)
-        for kind, count in self._replays():
-            if kind.list_name:
-                key = (kind.list_name, kind.stage, kind.action)
-                merged[key] = merged.get(key, 0) + count
-        return merged
+        return self._with_replays(
+            self.blocked, lambda kind: (kind.list_name, kind.stage, kind.action) if kind.list_name else None)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Queries dropped without an answer (netblock_dropped_total{reason})."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
 
     def all_request_durations(self) -> Histogram:
         """The request duration histogram with every replay in its lowest bucket."""

@@ -104,7 +104,7 @@ class DnsServer:
             packet = self.packets.get(replay_key)
             if packet is None:
                 packet = self.policy_packets.get(replay_key)
-            if packet is not None and (packet.until > time.monotonic() or self._refresh(packet, data)):
+            if packet is not None and (packet.until > time.monotonic() or self._refresh(packet, replay_key)):
                 if packet.rule is not None:
                     # a packet with a rule keeps its query
                     self._event(packet.query, client, packet.rule, packet.stage, "udp")  # type: ignore[arg-type]
@@ -118,7 +118,7 @@ class DnsServer:
         query = wire.parse_query(data)
         if query.__class__ is not wire.Query:
             if query == wire.DROP:
-                stats.dropped["malformed"] = stats.dropped.get("malformed", 0) + 1
+                stats.drop("malformed")
                 return None
             return self._done(wire.error_echo(data, query), "error", query, started)  # type: ignore[arg-type]
         assert isinstance(query, wire.Query)
@@ -205,7 +205,7 @@ class DnsServer:
         for key in list(itertools.islice(packets, max(len(packets) // 8, 1))):
             del packets[key]
 
-    def _refresh(self, packet: Packet, data: bytes) -> bool:
+    def _refresh(self, packet: Packet, replay_key: bytes) -> bool:
         """Bring a remembered answer up to date, and say until when it is exact: its entry's
         expiry, or the next second of age when its TTLs decay. False (and forgotten) if the
         entry expired."""
@@ -213,7 +213,7 @@ class DnsServer:
         assert entry is not None  # answers without an entry never go out of date
         now = time.monotonic()
         if entry.expires <= now:
-            del self.packets[data[2:]]
+            del self.packets[replay_key]
             return False
         if not packet.ages:
             packet.until = entry.expires
@@ -307,7 +307,7 @@ class DnsServer:
         try:
             scan = wire.scan_answer(answer)
         except wire.MalformedAnswer:
-            self.stats.dropped["bad-upstream-answer"] = self.stats.dropped.get("bad-upstream-answer", 0) + 1
+            self.stats.drop("bad-upstream-answer")
             return None
         body = answer[2:]
         offsets = [o - 2 for o in scan.ttl_offsets]
@@ -633,9 +633,9 @@ class BatchUdpListener:
             if answers:
                 full, refused = io.send(answers)
                 if full:
-                    stats.dropped["send-buffer-full"] = stats.dropped.get("send-buffer-full", 0) + full
+                    stats.drop("send-buffer-full", full)
                 if refused:
-                    stats.dropped["send-refused"] = stats.dropped.get("send-refused", 0) + refused
+                    stats.drop("send-refused", refused)
             if len(batch) < batchio.BATCH:
                 return
 
@@ -654,9 +654,7 @@ class BatchUdpListener:
         try:
             self.sock.sendto(answer, address)
         except OSError as exc:
-            reason = "send-buffer-full" if isinstance(exc, BlockingIOError) else "send-refused"
-            stats = self.server.stats
-            stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
+            self.server.stats.drop("send-buffer-full" if isinstance(exc, BlockingIOError) else "send-refused")
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
