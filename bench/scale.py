@@ -64,8 +64,10 @@ def measure(size: int, path: Path) -> dict[str, float]:
     _trim()
     rss1 = rss_mib(os.getpid())
     # Lookups: a 5-label name not blocked (every suffix probed) and a blocked name 2 labels
-    # under an entry; the same shapes at every size so the costs compare.
-    misses = [_wire(f"h{i}.a.b.c.nbmiss") for i in range(20_000)]
+    # under an entry; the same shapes at every size so the costs compare. Every suffix of
+    # the misses is distinct: with one shared suffix ("b.c.nbmiss") the probe of the list's
+    # level read one and the same slot 20,000 times, and its cost was that slot's luck.
+    misses = [_wire(f"h{i}.a.b{i}.c{i}.nbmiss") for i in range(20_000)]
     names = scale_names(size)
     hits = [_wire(f"www.x.{names[(i * 7919) % size]}") for i in range(20_000)]
     return {

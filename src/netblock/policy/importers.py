@@ -9,7 +9,7 @@ A list file may `include:` local files or URLs:
 
 Imported names are kept in a NameSet, not as one Entry each: a million names as Python
 objects would cost several hundred MB. A NameSet is the wire names in one bytes object
-plus sorted hash slots in flat arrays (about 40 bytes a name), probed at each level of the
+plus an open-addressed hash table (about 56 bytes a name), probed at each level of the
 label walk like the hand-written tables.
 It reaches the compiled policy as one BulkEntry in the list's `domains`. Allow carve-outs
 (`@@||name^`, rpz-passthru) and networks (rpz-ip) stay ordinary entries: they are few.
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, islice, repeat
 from pathlib import Path
 from typing import Any, TypeVar
+from zlib import crc32
 
 from netblock.names import NameError_, normalise
 from netblock.policy.lists import Entry
@@ -49,11 +50,12 @@ EXACT, SUBTREE, BELOW = 0, 1, 2
 KIND_NAMES = {EXACT: "exact", SUBTREE: "subtree", BELOW: "below"}
 NODATA = 4
 
-_INDEX_BITS = 24  # a NameSet holds at most 16M names
+MAX_NAMES = 1 << 24  # in one NameSet (and at most 2^25 slots: the odds in NameSet's docstring)
 _SLICE = 1 << 16  # items per C call while building: each holds the GIL only a few ms
 Key = TypeVar("Key", bound=Hashable)
 _PART = 1 << 18  # names per dedupe dict (plus one slice at most): its last resize copies this many
-HASH_MASK = (1 << 40) - 1
+HASH_MASK = (1 << 64) - 1  # Python's hash as an unsigned 64-bit value
+_KEY_BITS = 0xFFFFFFFF << 32 | 0xFF << 8  # of a NameSet slot's second word: CRC-32 and length
 
 
 def usable(names: list[str]) -> list[str]:
@@ -121,16 +123,21 @@ def _running_sum(pieces: Iterable[array[int]]) -> array[int]:
 
 
 class NameSet:
-    """Many names in flat arrays: ~35 bytes a name instead of ~300 as Python objects.
+    """Many names in flat arrays: about 56 bytes a name instead of ~300 as Python objects.
 
-    The wire names sit in one bytes object, in source order. `slots` holds (40 bits of
-    hash << 24 | index), sorted; a bucket directory on the top hash bits points into it.
-    Lookup hashes the wire suffix the label walk already sliced, scans its bucket (most
-    misses stop at an empty one) and compares the bytes on a hash hit, so there are no
-    false positives. Python's hash is per process: a NameSet never leaves its process.
+    The wire names sit in one bytes object, in source order (for diffs and digests). The
+    lookup reads only `table`: open-addressed, at most 70% full, two 64-bit words a slot
+    in one cache line: the name's 64-bit hash, and its CRC-32, length and tag (an empty
+    slot has 0 there). A name's slot starts at the low bits of its hash. Most misses stop
+    at the first slot read; a hit reads one slot and never the name's bytes, which is what
+    keeps a million-name lookup near the cost of a thousand-name one. A false hit needs
+    a name that agrees with a held one in the hash bits beyond the slot position, its
+    CRC-32 and its length: at least 64 - 25 + 32 + 8 = 79 independent bits, so odds of
+    2^-79 a probe. Python's hash is keyed per process: nobody outside can aim at a
+    collision, and a NameSet never leaves its process.
     """
 
-    __slots__ = ("blob", "count", "depths", "digest", "offsets", "shift", "slots", "starts", "tag", "tags")
+    __slots__ = ("blob", "count", "depths", "digest", "mask", "table", "tag", "tags")
 
     def __init__(self, names: list[str], tags: list[int] | None = None, tag: int = EXACT) -> None:
         # Built in a reload thread while the event loop answers queries: no single C call
@@ -145,8 +152,8 @@ class NameSet:
         else:
             names = _unique(names[start : start + _SLICE] for start in slice_starts)
             self.tags = None
-        if len(names) >= 1 << _INDEX_BITS:
-            raise ValueError(f"more than {1 << _INDEX_BITS} names in one source")
+        if len(names) > MAX_NAMES:
+            raise ValueError(f"more than {MAX_NAMES} names in one source")
         self.tag = tag  # of every name when `tags` is None (one kind of entry in the source)
         self.count = len(names)
         # Bit n set: some name has n labels. A lookup skips the levels of a query name that
@@ -159,28 +166,20 @@ class NameSet:
         del names
         self.blob = b"".join([b"".join(wires[start : start + _SLICE]) for start in range(0, len(wires), _SLICE)])
         self.digest = hashlib.sha256(self.blob).hexdigest()[:16]
-        self.offsets = _running_sum(array("I", map(len, wires[start : start + _SLICE]))
-                                    for start in range(0, len(wires), _SLICE))
-        mask = HASH_MASK
-        packed = [(h & mask) << _INDEX_BITS | i for i, h in enumerate(map(hash, wires))]
+        size = 1 << max(4, (self.count * 10 // 7).bit_length())
+        # Slot i is table[2i:2i+2]; the mask keeps a doubled hash on an even index.
+        self.mask = mask = 2 * size - 2
+        self.table = table = array("Q", bytes(16 * size))
+        every_tag = self.tags if self.tags is not None else repeat(tag)  # endless: strict=False
+        for value, check, length, name_tag in zip(map(hash, wires), map(crc32, wires), map(len, wires), every_tag,
+                                                  strict=False):
+            value &= HASH_MASK
+            position = value << 1 & mask
+            while table[position + 1]:
+                position = (position + 2) & mask
+            table[position] = value
+            table[position + 1] = check << 32 | length << 8 | name_tag
         release(wires)
-        # About two buckets a name: most misses stop at an empty bucket. A lookup scans its
-        # whole bucket, so slots only need grouping by bucket (a counting sort), not sorting.
-        bits = max(4, min(40, self.count.bit_length() + 1))
-        self.shift = 40 - bits  # bucket of a 40-bit hash value
-        shift = 64 - bits
-        counts = array("I", bytes(4 * ((1 << bits) + 1)))
-        for value in packed:
-            counts[(value >> shift) + 1] += 1
-        self.starts = starts = _running_sum(counts[start : start + _SLICE] for start in range(1, len(counts), _SLICE))
-        slots = array("Q", bytes(8 * self.count))
-        fill = array("I", starts)
-        for value in packed:
-            bucket = value >> shift
-            slots[fill[bucket]] = value
-            fill[bucket] += 1
-        self.slots = slots
-        release(packed)
 
     def __len__(self) -> int:
         return self.count
@@ -190,19 +189,18 @@ class NameSet:
         return self.find_hashed(wire, hash(wire) & HASH_MASK, whole)
 
     def find_hashed(self, wire: bytes, value: int, whole: bool) -> int:
-        bucket = value >> self.shift
-        index, end = self.starts[bucket], self.starts[bucket + 1]
-        slots, offsets = self.slots, self.offsets
-        while index < end:
-            slot = slots[index]
-            if slot >> _INDEX_BITS == value:
-                position = slot & 0xFFFFFF
-                if self.blob[offsets[position] : offsets[position + 1]] == wire:
-                    tag = self.tags[position] if self.tags is not None else self.tag
-                    kind = tag & 3
+        table, mask = self.table, self.mask
+        position = value << 1 & mask
+        key = -1
+        while about := table[position + 1]:
+            if table[position] == value:
+                if key < 0:
+                    key = crc32(wire) << 32 | len(wire) << 8
+                if about & _KEY_BITS == key:
+                    kind = about & 3
                     if (kind != BELOW) if whole else (kind != EXACT):
-                        return tag
-            index += 1
+                        return about & 0xFF
+            position = (position + 2) & mask
         return -1
 
     @staticmethod
@@ -219,23 +217,22 @@ class NameSet:
         return b".".join(labels).decode("ascii")
 
     def items(self) -> Iterator[tuple[bytes, int]]:
-        """(wire name, tag) in source order."""
-        blob, offsets, tags = self.blob, self.offsets, self.tags
-        for index in range(self.count):
-            tag = tags[index] if tags is not None else self.tag
-            yield blob[offsets[index] : offsets[index + 1]], tag
+        """(wire name, tag) in source order: the blob's names end at their root byte, the
+        only zero byte of a wire name built from text."""
+        tags = self.tags if self.tags is not None else repeat(self.tag)
+        for found, tag in zip(_WIRE_NAME.finditer(self.blob), tags, strict=False):  # tags may be endless
+            yield found.group(), tag
 
     def has(self, wire: bytes, tag: int) -> bool:
-        """This exact (wire name, tag) pair is in the set (for diffs)."""
+        """This (wire name, tag) pair is in the set (for diffs)."""
+        table, mask = self.table, self.mask
         value = hash(wire) & HASH_MASK
-        bucket = value >> self.shift
-        for index in range(self.starts[bucket], self.starts[bucket + 1]):
-            slot = self.slots[index]
-            if slot >> _INDEX_BITS == value:
-                position = slot & 0xFFFFFF
-                if (self.blob[self.offsets[position] : self.offsets[position + 1]] == wire
-                        and (self.tags[position] if self.tags is not None else self.tag) == tag):
-                    return True
+        about = crc32(wire) << 32 | len(wire) << 8 | tag
+        position = value << 1 & mask
+        while table[position + 1]:
+            if table[position] == value and table[position + 1] == about:
+                return True
+            position = (position + 2) & mask
         return False
 
 

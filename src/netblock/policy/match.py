@@ -86,9 +86,8 @@ class Policy:
                         continue
                     if value < 0:
                         value = hash(part) & HASH_MASK
-                    bucket = value >> names.shift
-                    if names.starts[bucket] == names.starts[bucket + 1]:
-                        continue  # the common miss: an empty bucket
+                    if not names.table[(value << 1 & names.mask) + 1]:
+                        continue  # the common miss: an empty slot
                     tag = names.find_hashed(part, value, offset == 0)
                     if tag >= 0:
                         template = rules[tag]
