@@ -384,7 +384,8 @@ def event_counts(root: Path) -> dict[str, int]:
     if db.exists():
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+                # tables, and the `events` view (schema 2) so the count compares with earlier runs
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
                 for table in tables:
                     counts[f"sqlite:{table}"] = conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
         except sqlite3.Error as exc:

@@ -129,13 +129,24 @@ def test_sqlite_schema_wal_indexes_and_version(recorder: EventRecorder, tmp_path
     assert wait_until(lambda: recorder.written == 1)
     db = sqlite3.connect(tmp_path / "events.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(SCHEMA_VERSION,)]
-    indexes = {row[1] for row in db.execute("PRAGMA index_list(events)")}
-    assert {"events_device_ts", "events_ts"} <= indexes
-    plan = " ".join(
-        str(r) for r in db.execute("EXPLAIN QUERY PLAN SELECT * FROM events WHERE device = 'x' AND ts > 0")
-    )
-    assert "events_device_ts" in plan
+    assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(SCHEMA_VERSION,)] == [(2,)]
+    kinds = dict(db.execute("SELECT name, type FROM sqlite_master WHERE name IN ('events', 'event_log', "
+                            "'event_shapes')"))
+    assert kinds == {"events": "view", "event_log": "table", "event_shapes": "table"}
+    indexes = {row[1] for row in db.execute("PRAGMA index_list(event_log)")}
+    assert {"event_log_shape_ts", "event_log_ts"} <= indexes
+
+    def plan(where: str) -> str:
+        return " ".join(str(r) for r in db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM events WHERE {where}"))
+
+    # Through the view: a device's shapes by the unique index (device first), its events by (shape, ts).
+    device = plan("device = 'x' AND ts > 0")
+    assert "event_log_shape_ts (shape=? AND ts>?)" in device and "event_shapes" in device, device
+    assert "SCAN" not in device
+    span = plan("ts >= 1 AND ts < 2")
+    assert "event_log_ts (ts>? AND ts<?)" in span and "SCAN" not in span, span
+    follow = plan("id > 5")
+    assert "PRIMARY KEY (rowid>?)" in follow and "SCAN" not in follow, follow
     db.execute("UPDATE netblock_schema SET version = 99")
     db.commit()
     db.close()
@@ -443,7 +454,8 @@ def test_repeated_events_keep_their_own_time_and_the_current_device_name(tmp_pat
 
 
 @pytest.mark.parametrize("name", ["weixin.qq.com.", "a\\.b.weixin.qq.com.", 'q"uote\\\\.example.', "\\000x.cn.",
-                                  "bücher.example", "\U0001f600.example", "ctl\x01.example", "100%.example."])
+                                  "bücher.example", "\U0001f600.example", "ctl\x01.example", "100%.example.",
+                                  "del\x7f.example", "q\"uote.example", ""])
 @pytest.mark.parametrize("owner", ['O "Q"', "a\x00name\x00b", "\x00pattern\x00", "50% %(name)s %s"])
 def test_a_shaped_event_renders_as_the_full_document(name: str, owner: str) -> None:
     """The writer's shapes (rendered once, name and time filled in) give the same row and

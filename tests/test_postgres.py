@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,12 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
+from netblock import store as store_module
 from netblock.events import EventRecorder
-from netblock.store import SCHEMA_VERSION, PostgresStore, StoreError, open_store
+from netblock.store import COLUMNS, SCHEMA_VERSION, PostgresStore, StoreError, open_store, wide
 from test_events import BLOCK
 from test_events_server import write_lists
+from test_store import T0, events_cli, report_of, shape, v1_rows
 
 from harness import REPO, Netblock, Nsd, free_port, wait_for
 
@@ -178,8 +181,10 @@ def test_schema_version_and_reconnect_after_restart(postgres: Postgres) -> None:
     store = open_store(postgres.dsn)
     assert isinstance(store, PostgresStore)
     assert store.query("SELECT version FROM netblock_schema") == [(SCHEMA_VERSION,)]
-    indexes = {r[0] for r in store.query("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
-    assert {"events_device_ts", "events_ts"} <= indexes
+    indexes = {r[0] for r in store.query("SELECT indexname FROM pg_indexes WHERE tablename = 'event_log'")}
+    assert {"event_log_shape_ts", "event_log_ts"} <= indexes
+    assert store.query("SELECT table_type FROM information_schema.tables WHERE table_name = 'events'") == [
+        ("VIEW",)]
     store.close()
 
     rec = EventRecorder(None, 10_000, "edge-r", store=postgres.dsn, flush_interval=0.05)
@@ -211,3 +216,79 @@ def test_bad_dsn_is_a_clear_error() -> None:
     with pytest.raises(StoreError) as err:
         open_store(f"postgresql://postgres:s3cret@127.0.0.1:{port}/netblock")
     assert "postgresql" in str(err.value) and "s3cret" not in str(err.value)
+
+
+def fresh_database(pg: Postgres, name: str) -> str:
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{pg.port}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql://postgres@127.0.0.1:{pg.port}/{name}"
+
+
+def test_migration_from_version_1(postgres: Postgres) -> None:
+    dsn = fresh_database(postgres, "netblock_v1")
+    with psycopg.connect(dsn) as conn:  # as netblock with schema version 1 left it
+        conn.execute("CREATE TABLE netblock_schema (version INTEGER NOT NULL)")
+        for statement in store_module._MIGRATIONS["postgres"][1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO netblock_schema (version) VALUES (1)")
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})",
+                            v1_rows())
+        conn.execute("DELETE FROM events WHERE id IN (3, 17, 40, 41)")  # 41, 40: the newest went
+
+    reader = open_store(dsn, create=False)  # a report reads version 1 as it is, and leaves it so
+    assert reader.version == 1
+    before_rows = reader.query("SELECT * FROM events ORDER BY id")
+    before_report = report_of(reader)
+    reader.close()
+    before_cli = events_cli(dsn)
+    assert len(before_rows) == 37 and before_rows[-1][0] == 39
+
+    writer = open_store(dsn)
+    assert writer.version == SCHEMA_VERSION
+    assert writer.query("SELECT version FROM netblock_schema") == [(SCHEMA_VERSION,)]
+    assert writer.query("SELECT table_type FROM information_schema.tables WHERE table_name = 'events'") == [
+        ("VIEW",)]
+    assert writer.query("SELECT * FROM events ORDER BY id") == before_rows
+    assert report_of(writer) == before_report
+    assert writer.query("SELECT COUNT(*) FROM event_log") == [(37,)]
+    writer.write([(T0, shape(), "new.weixin.qq.com.", "weixin.qq.com")])
+    assert writer.query("SELECT MAX(id) FROM events") == [(42,)]  # after the highest ever given
+    writer.close()
+    assert events_cli(dsn).splitlines()[:-1] == before_cli.splitlines()
+
+
+def test_two_instances_add_the_same_shape_at_once(postgres: Postgres) -> None:
+    dsn = fresh_database(postgres, "netblock_race")
+    first, second = open_store(dsn), open_store(dsn)
+    try:
+        first._shape_id(first.conn.cursor(), shape())  # added in a transaction still open
+        done = threading.Event()
+        writing = threading.Thread(
+            target=lambda: (second.write([(T0, shape(), "b.example.", "b.example")]), done.set()))
+        writing.start()
+        assert not done.wait(0.5)  # waits for the first instance's transaction...
+        first.conn.commit()
+        writing.join(10)
+        assert done.is_set()  # ...then finds its shape
+        first.write([(T0 + 1, shape(), "a.example.", "a.example")])
+        assert first.query("SELECT COUNT(*) FROM event_shapes") == [(1,)]
+        assert first.query("SELECT name FROM events ORDER BY id") == [("b.example.",), ("a.example.",)]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_shape_another_instance_removed_is_added_again(postgres: Postgres) -> None:
+    dsn = fresh_database(postgres, "netblock_retention")
+    writer, other = open_store(dsn), open_store(dsn)
+    try:
+        writer.write([(1.0, shape(), "old.example.", "old.example")])  # the writer caches the shape's id
+        assert other.purge(T0) == 1  # the other instance's retention removes the event and the shape
+        assert other.query("SELECT COUNT(*) FROM event_shapes") == [(0,)]
+        writer.write([(T0, shape(), "new.example.", "new.example")])  # not lost: written again
+        [row] = writer.query("SELECT * FROM events")
+        assert row[1:] == wide((T0, shape(), "new.example.", "new.example"))
+    finally:
+        writer.close()
+        other.close()

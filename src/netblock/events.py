@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from netblock.devices import Device, DeviceIdentifier, Identity
 from netblock.names import from_wire
 from netblock.policy.rule import Rule, citing
-from netblock.store import EventStore, Row, StoreError, open_store
+from netblock.store import EventStore, Row, Shape, StoreError, open_store
 
 if TYPE_CHECKING:
     from netblock.config import Config
@@ -328,6 +328,7 @@ class EventRecorder:
         rows: list[Row] = []
         lines: list[str] = []
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
+        to_store, to_file = self.store_sink is not None, self.jsonl_sink is not None
         for event in batch:
             ts, client_ip, mac, name, qtype, rule, stage, protocol = event
             if name.__class__ is bytes:  # rendered once here for both sinks
@@ -337,14 +338,14 @@ class EventRecorder:
                 device = identity.device.name
                 device_blocked[device] = device_blocked.get(device, 0) + 1
             shape = self._shape(event, identity)
-            if self.store_sink:
+            if to_store:
                 rows.append(shape.row(event))
-            if self.jsonl_sink:
+            if to_file:
                 lines.append(shape.line(event))
         # The file first: once `written` (the store's count) moves, both sinks have the batch.
         if self.jsonl_sink and self.jsonl:
             try:
-                self.jsonl.write(("\n".join(lines) + "\n").encode("ascii"))
+                self.jsonl.write("".join(lines).encode("ascii"))
                 self.jsonl_sink.ok(len(lines))
             except OSError as exc:
                 self.jsonl_sink.failed(len(lines), exc)
@@ -358,8 +359,9 @@ class EventRecorder:
         a shape. The shape holds its identity, so the id in the key cannot be reused meanwhile."""
         _, client_ip, mac, _, qtype, rule, stage, protocol = event
         shapes = self._shapes
+        policy = rule.policy  # its fields: hashing the dataclass itself costs more than the rest of the key
         key = (qtype, stage, protocol, client_ip, mac, rule.list_name, rule.vendor, rule.kind, rule.action,
-               rule.policy, rule.origin, rule.role, id(identity))
+               policy.id, policy.title, policy.url, rule.origin, rule.role, id(identity))
         found = shapes.get(key)
         if found is None and key not in shapes:
             if len(shapes) >= SHAPES_MAX:
@@ -431,17 +433,19 @@ def _presentation(name: str | bytes) -> str:
 
 
 def to_row(event: RawEvent, identity: Identity, instance: str) -> Row:
+    """The event as the store takes it: (ts, shape, name, rule), the shape being what every
+    event of this device, list entry, type and stage has in common (store.SHAPE_COLUMNS)."""
     ts, client_ip, mac, raw_name, qtype, rule, stage, protocol = event
-    name = _presentation(raw_name)
     device = identity.device
-    return (ts, instance, device.name, 1 if device.in_inventory else 0, device.owner, device.department,
-            identity.source, client_ip, identity.mac or mac, name, qtype_text(qtype), rule.list_name,
-            rule.vendor, rule.pattern, rule.origin, stage, rule.action, rule.policy.id, protocol)
+    shape: Shape = (instance, device.name, 1 if device.in_inventory else 0, device.owner, device.department,
+                    identity.source, client_ip, identity.mac or mac, qtype_text(qtype), rule.list_name, rule.vendor,
+                    rule.origin, stage, rule.action, rule.policy.id, protocol)
+    return (ts, shape, _presentation(raw_name), rule.pattern)
 
 
 def _timestamp(ts: float) -> str:
-    millis = round(ts * 1000)
-    return _second(millis // 1000) + f".{millis % 1000:03d}Z"
+    second, millis = divmod(round(ts * 1000), 1000)
+    return _second(second) + _MILLIS[millis]
 
 
 @functools.lru_cache(maxsize=4)
@@ -449,19 +453,25 @@ def _second(epoch_second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
 
 
+_MILLIS = [f".{millis:03d}Z" for millis in range(1000)]  # a table: formatting each costs more
+
 # Placeholders for what varies between events of one shape (rendered names hold no NUL).
 _NAME, _PATTERN = "\x00name\x00", "\x00pattern\x00"
 _PLACEHOLDER_IN_JSON = re.compile(r"\\u0000(name|pattern)\\u0000")
-_PLAIN_JSON = re.compile(r'[^"\\\x00-\x1f\x7f-\U0010ffff]*')  # needs no JSON escaping
-_PLACES_IN_JSON = ["name", "name", "pattern", "pattern"]  # dns.question.name, rule.name, the message
+# Where to_document puts them: the message, dns.question.name, the message, rule.name.
+_PLACES_IN_JSON = ["name", "pattern", "name", "pattern"]
 
 
 def _json_text(text: str) -> str:
-    return text if _PLAIN_JSON.fullmatch(text) else json.dumps(text)[1:-1]
+    """The text as it stands inside a JSON string (ASCII: the file is written as ASCII)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text  # nearly every name: nothing to escape
+    return json.dumps(text)[1:-1]
 
 
 class _Whole:
-    """An event rendered whole, field by field."""
+    """An event rendered whole, field by field. Its name is in presentation form already
+    (write_batch renders it), as for _Shape."""
 
     __slots__ = ("identity", "instance")
 
@@ -472,34 +482,32 @@ class _Whole:
         return to_row(event, self.identity, self.instance)
 
     def line(self, event: RawEvent) -> str:
-        return json.dumps(to_document(event, self.instance, self.identity), separators=(",", ":"))
+        return json.dumps(to_document(event, self.instance, self.identity), separators=(",", ":")) + "\n"
 
 
 class _Shape:
     """An event rendered once with placeholders for the query name and the rule's pattern
     (an imported list cites each name) and without the time: each event of this device,
-    list entry, type and stage fills in just those."""
+    list entry, type and stage fills in just those. The store's shape (to_row) is the same
+    tuple for all of them."""
 
-    __slots__ = ("identity", "line_template", "name_at", "pattern_at", "row_template")
+    __slots__ = ("identity", "pieces", "shape")
 
-    def __init__(self, identity: Identity, row_template: Row, pieces: list[str], order: list[str]) -> None:
-        self.identity, self.row_template = identity, row_template
-        self.name_at, self.pattern_at = row_template.index(_NAME), row_template.index(_PATTERN)
-        # The JSON document as one %-template: the time, then the name or the pattern
-        # between the pieces, in the order they came.
-        parts = ['{"@timestamp":"%(time)s",', pieces[0].replace("%", "%%")]
-        for which, piece in zip(order, pieces[1:], strict=True):
-            parts += (f"%({which})s", piece.replace("%", "%%"))
-        self.line_template = "".join(parts)
+    def __init__(self, identity: Identity, shape: Shape, pieces: list[str]) -> None:
+        self.identity, self.shape = identity, shape
+        # The JSON document around the time and, in _PLACES_IN_JSON order, the name and the pattern.
+        self.pieces = ('{"@timestamp":"', *pieces[:-1], pieces[-1] + "\n")
 
     def row(self, event: RawEvent) -> Row:
-        row = list(self.row_template)
-        row[0], row[self.name_at], row[self.pattern_at] = event[0], _presentation(event[3]), event[5].pattern
-        return tuple(row)
+        return (event[0], self.shape, event[3], event[5].pattern)  # type: ignore[return-value]
 
     def line(self, event: RawEvent) -> str:
-        return self.line_template % {"time": _timestamp(event[0]), "name": _json_text(_presentation(event[3])),
-                                     "pattern": _json_text(event[5].pattern)}
+        start, before_name, before_pattern, before_name_again, before_pattern_again, end = self.pieces
+        second, millis = divmod(round(event[0] * 1000), 1000)  # as _timestamp()
+        name, pattern = _json_text(event[3]), _json_text(event[5].pattern)  # type: ignore[arg-type]
+        # One join: a %-template of the whole document cost four times as much.
+        return "".join((start, _second(second), _MILLIS[millis], before_name, name, before_pattern, pattern,
+                        before_name_again, name, before_pattern_again, pattern, end))
 
 
 def _shape_of(event: RawEvent, identity: Identity, instance: str) -> _Shape | _Whole:
@@ -507,15 +515,14 @@ def _shape_of(event: RawEvent, identity: Identity, instance: str) -> _Shape | _W
     the placeholders (a NUL in an inventory name), so nothing is filled in the wrong place."""
     _, client_ip, mac, _, qtype, rule, stage, protocol = event
     marked: RawEvent = (0.0, client_ip, mac, _NAME, qtype, citing(rule, _PATTERN), stage, protocol)
-    row = to_row(marked, identity, instance)
     document = to_document(marked, instance, identity)
     text = json.dumps(document, separators=(",", ":"))
-    head = '{"@timestamp":' + json.dumps(document["@timestamp"]) + ","
-    parts = _PLACEHOLDER_IN_JSON.split(text[len(head) :])
+    head = '{"@timestamp":' + json.dumps(document["@timestamp"])
+    parts = _PLACEHOLDER_IN_JSON.split(text[len(head) - 1 :])  # from the closing quote of the time
     pieces, order = parts[0::2], parts[1::2]
-    if row.count(_NAME) != 1 or row.count(_PATTERN) != 1 or sorted(order) != _PLACES_IN_JSON:
+    if order != _PLACES_IN_JSON:
         return _Whole(identity, instance)
-    return _Shape(identity, row, pieces, order)
+    return _Shape(identity, to_row(marked, identity, instance)[1], pieces)
 
 
 def to_document(event: RawEvent, instance: str = "", identity: Identity | None = None) -> dict[str, object]:

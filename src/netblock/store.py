@@ -1,33 +1,59 @@
 """The event store: one schema in SQLite (the default) or PostgreSQL (a fleet).
 
-The writer thread inserts batches; `netblock report` and `netblock events` read. Both
-back-ends get the same table and the same SQL: queries are written with `?` placeholders
-and PostgreSQL's driver gets them as `%s`. The schema is versioned in `netblock_schema`
-so a later netblock can migrate a database an older one created, and an older netblock
-refuses a database a newer one wrote instead of misreading it.
+The writer thread inserts batches; `netblock report` and `netblock events` read. An event
+is a narrow row of `event_log` (id, ts, shape, name, rule) naming a row of `event_shapes`,
+what one device, list entry, query type and stage have in common; readers query the view
+`events`, which has the columns and the ids version 1's table had. Both back-ends get the
+same schema and the same SQL: queries are written with `?` placeholders and PostgreSQL's
+driver gets them as `%s`. The schema is versioned in `netblock_schema` so a later netblock
+can migrate a database an older one created, and an older netblock refuses a database a
+newer one wrote instead of misreading it.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SHAPE_IDS_MAX = 10_000  # shape ids the writer keeps
+INSERT_ROWS = 200  # events an INSERT statement: 800 values, under any SQLite's limit of 999
 
-# The event columns in insert order (the `id` column is the store's own).
+# The columns of the `events` view in the order version 1's table had them (its `id` first):
+# what `netblock report`, `netblock events` and operators' own SQL read.
 COLUMNS = (
     "ts", "instance", "device", "device_known", "owner", "department", "id_source",
     "client_ip", "client_mac", "name", "qtype", "list_name", "vendor", "rule", "rule_origin",
     "stage", "action", "policy_id", "protocol",
 )
+# What one device, list entry, query type and stage have in common: a row of `event_shapes`.
+# Each event is a narrow row of `event_log` naming its shape (inserting 19 columns and two
+# wide indexes cost twice as much as these four).
+SHAPE_COLUMNS = (
+    "instance", "device", "device_known", "owner", "department", "id_source", "client_ip",
+    "client_mac", "qtype", "list_name", "vendor", "rule_origin", "stage", "action", "policy_id", "protocol",
+)
+LOG_COLUMNS = ("ts", "name", "rule")  # the rest of COLUMNS: what varies between events of a shape
 
-Row = tuple[Any, ...]
+Shape = tuple[Any, ...]  # values of SHAPE_COLUMNS
+Row = tuple[float, Shape, str, str]  # what the writer hands over: (ts, shape, name, rule)
 
-_COLUMNS_DDL = """
-    ts DOUBLE PRECISION NOT NULL,      -- epoch seconds, UTC
+
+def wide(row: Row) -> tuple[Any, ...]:
+    """A row as the `events` view shows it (the values of COLUMNS)."""
+    ts, shape, name, rule = row
+    return (ts, *shape[:8], name, *shape[8:11], rule, *shape[11:])
+
+
+if wide(("ts", SHAPE_COLUMNS, "name", "rule")) != COLUMNS:  # type: ignore[arg-type]
+    raise ImportError("store.wide() and the column lists disagree")
+
+_SHAPE_DDL = """
     instance TEXT NOT NULL,            -- the netblock server that saw it (fleets)
     device TEXT NOT NULL,              -- inventory name, lease host name, or the client IP
     device_known INTEGER NOT NULL,     -- 1: named by the inventory
@@ -36,36 +62,123 @@ _COLUMNS_DDL = """
     id_source TEXT NOT NULL,           -- which source named the device (devices.py)
     client_ip TEXT NOT NULL,
     client_mac TEXT NOT NULL,
-    name TEXT NOT NULL,                -- presentation form, RFC 1035 escapes
     qtype TEXT NOT NULL,
     list_name TEXT NOT NULL,
     vendor TEXT NOT NULL,
-    rule TEXT NOT NULL,                -- the entry as written
     rule_origin TEXT NOT NULL,         -- file:line of the entry
     stage TEXT NOT NULL,               -- query, cname, answer-ip, sni, quic, http-host, ...
     action TEXT NOT NULL,              -- block | monitor
     policy_id TEXT NOT NULL,
-    protocol TEXT NOT NULL             -- udp | tcp | dot | doh
+    protocol TEXT NOT NULL,            -- udp | tcp | dot | doh
+    -- device first: a report on one device finds its shapes through this index
+    UNIQUE (device, instance, device_known, owner, department, id_source, client_ip, client_mac, qtype,
+            list_name, vendor, rule_origin, stage, action, policy_id, protocol)
 """
 
-# Version -> statements that bring the schema from version-1 to version.
+_LOG_DDL = """
+    ts DOUBLE PRECISION NOT NULL,      -- epoch seconds, UTC
+    shape {id_type} NOT NULL REFERENCES event_shapes (id),
+    name TEXT NOT NULL,                -- presentation form, RFC 1035 escapes
+    rule TEXT NOT NULL                 -- the entry as written (an imported list: the name it lists)
+"""
+
+# Version 1's table, which version 2's view replaces with the same columns.
+_V1_DDL = """
+    ts DOUBLE PRECISION NOT NULL,
+    instance TEXT NOT NULL,
+    device TEXT NOT NULL,
+    device_known INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    department TEXT NOT NULL,
+    id_source TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    client_mac TEXT NOT NULL,
+    name TEXT NOT NULL,
+    qtype TEXT NOT NULL,
+    list_name TEXT NOT NULL,
+    vendor TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    rule_origin TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    action TEXT NOT NULL,
+    policy_id TEXT NOT NULL,
+    protocol TEXT NOT NULL
+"""
+
+_VIEW = ("CREATE VIEW events AS SELECT l.id AS id, "
+         + ", ".join(f"{'l' if c in LOG_COLUMNS else 's'}.{c} AS {c}" for c in COLUMNS)
+         + " FROM event_log l JOIN event_shapes s ON s.id = l.shape")
+_SHAPES = ", ".join(SHAPE_COLUMNS)
+_SAME_SHAPE = " AND ".join(f"s.{c} = e.{c}" for c in SHAPE_COLUMNS)
+
+
+def _to_v2(id_type: str, autoincrement: str, overriding: str, keep_sequence: tuple[str, ...]) -> tuple[str, ...]:
+    """Version 1 -> 2: each distinct shape once, each event keeps its id and its values,
+    then the view takes the table's name. The indexes come last: cheaper than during the copy."""
+    identity = "INTEGER PRIMARY KEY" if id_type == "INTEGER" else "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    return (
+        f"CREATE TABLE event_shapes (id {identity}, {_SHAPE_DDL})",
+        f"CREATE TABLE event_log (id {identity}{autoincrement}, {_LOG_DDL.format(id_type=id_type)})",
+        f"INSERT INTO event_shapes ({_SHAPES}) SELECT DISTINCT {_SHAPES} FROM events",
+        f"INSERT INTO event_log (id, ts, shape, name, rule) {overriding}"
+        f"SELECT e.id, e.ts, s.id, e.name, e.rule FROM events e JOIN event_shapes s ON {_SAME_SHAPE}",
+        *keep_sequence,
+        "DROP TABLE events",
+        "CREATE INDEX event_log_ts ON event_log (ts)",
+        "CREATE INDEX event_log_shape_ts ON event_log (shape, ts)",
+        _VIEW,
+    )
+
+
+# Version -> statements that bring the schema from version-1 to version. A new database
+# takes every step: the migration to version 2 runs (on no rows) wherever a store is made.
 _MIGRATIONS: dict[str, dict[int, tuple[str, ...]]] = {
     "sqlite": {
         1: (
-            f"CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, {_COLUMNS_DDL})",
+            f"CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, {_V1_DDL})",
             "CREATE INDEX IF NOT EXISTS events_device_ts ON events (device, ts)",
             "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
         ),
+        # AUTOINCREMENT: `netblock events --follow` reads `id > last`, so an id must never
+        # come back. A plain rowid is max(rowid) + 1, which goes back when the newest rows
+        # are deleted: retention deletes by time, and the newest rows can be the oldest by
+        # time (a router that booted with its clock years behind, before NTP set it), or be
+        # every row (a server idle for longer than the retention). AUTOINCREMENT remembers
+        # the highest id ever given (sqlite_sequence), once an INSERT statement: with 200
+        # events a statement, 0.05-0.2 us an event. The shapes need no such memory: a shape
+        # is deleted only when no event names it.
+        2: _to_v2("INTEGER", " AUTOINCREMENT", "", (
+            # The copy set event_log's counter to the highest id copied; version 1's may be higher.
+            "UPDATE sqlite_sequence SET seq = (SELECT MAX(seq) FROM sqlite_sequence "
+            "WHERE name IN ('events', 'event_log')) WHERE name = 'event_log'",
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'event_log', seq FROM sqlite_sequence "
+            "WHERE name = 'events' AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'event_log')",
+        )),
     },
     "postgres": {
         1: (
             "CREATE TABLE IF NOT EXISTS events "
-            f"(id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, {_COLUMNS_DDL})",
+            f"(id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, {_V1_DDL})",
             "CREATE INDEX IF NOT EXISTS events_device_ts ON events (device, ts)",
             "CREATE INDEX IF NOT EXISTS events_ts ON events (ts)",
         ),
+        # An identity never gives a number twice. BIGINT for the shapes too: an INSERT that
+        # meets a conflict uses up a number all the same.
+        2: _to_v2("BIGINT", "", "OVERRIDING SYSTEM VALUE ", (
+            # The next id follows the highest ever given, copied or not.
+            "SELECT setval(pg_get_serial_sequence('event_log', 'id'), GREATEST((SELECT MAX(id) FROM event_log), "
+            "pg_sequence_last_value(pg_get_serial_sequence('events', 'id')::regclass), 0) + 1, false)",
+        )),
     },
 }
+
+
+@functools.cache
+def _insert_sql(placeholder: str, rows: int) -> str:
+    """INSERT of many rows in one statement. In SQLite a statement a row (executemany) cost
+    nearly twice as much, half of the difference AUTOINCREMENT's bookkeeping."""
+    row = f"({', '.join([placeholder] * 4)})"
+    return f"INSERT INTO event_log (ts, shape, name, rule) VALUES {', '.join([row] * rows)}"
 
 
 class StoreError(Exception):
@@ -89,30 +202,50 @@ class EventStore:
 
     def __init__(self) -> None:
         self.conn: Any = None
+        self.version = 0  # as found: a reader leaves an older schema as it is
+        self._shape_ids: dict[Shape, int] = {}  # the writer's cache of event_shapes
+        marks = ", ".join([self.placeholder] * len(SHAPE_COLUMNS))
+        self._find_shape_sql = ("SELECT id FROM event_shapes WHERE "
+                                + " AND ".join(f"{c} = {self.placeholder}" for c in SHAPE_COLUMNS))
+        self._add_shape_sql = f"INSERT INTO event_shapes ({_SHAPES}) VALUES ({marks}) ON CONFLICT DO NOTHING"
 
     # -- schema
 
     def _migrate(self, create: bool) -> None:
         cur = self.conn.cursor()
+        try:
+            version = self._version(cur)
+            if create and version < SCHEMA_VERSION:
+                self._lock(cur)
+                version = self._version(cur)  # another netblock may have migrated it meanwhile
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.describe()}: schema version {version} was written by a newer netblock "
+                                 f"(this one knows {SCHEMA_VERSION}); refusing to touch it")
+            if version == 0 and not create:
+                raise StoreError(f"{self.describe()}: no netblock events here (schema version {version})")
+            if create and version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[self.kind][step]:
+                        cur.execute(statement)
+                cur.execute("DELETE FROM netblock_schema")
+                cur.execute(f"INSERT INTO netblock_schema (version) VALUES ({self.placeholder})", (SCHEMA_VERSION,))
+                version = SCHEMA_VERSION
+            # A reader (create=False) reads an older schema as it is: version 1's `events`
+            # table has the columns of version 2's view. The server migrates it when it starts.
+            self.version = version
+            self.conn.commit()
+        except Exception:
+            self._rollback()
+            raise
+
+    def _version(self, cur: Any) -> int:
         cur.execute("CREATE TABLE IF NOT EXISTS netblock_schema (version INTEGER NOT NULL)")
         cur.execute("SELECT version FROM netblock_schema")
         found = cur.fetchone()
-        version = found[0] if found else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.describe()}: schema version {version} was written by a newer netblock "
-                             f"(this one knows {SCHEMA_VERSION}); refusing to touch it")
-        if version < SCHEMA_VERSION and not create:
-            raise StoreError(f"{self.describe()}: no netblock events here (schema version {version})")
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[self.kind][step]:
-                cur.execute(statement)
-        if version == 0:
-            cur.execute("INSERT INTO netblock_schema (version) VALUES (?)".replace("?", self.placeholder),
-                        (SCHEMA_VERSION,))
-        elif version < SCHEMA_VERSION:
-            cur.execute("UPDATE netblock_schema SET version = ?".replace("?", self.placeholder),
-                        (SCHEMA_VERSION,))
-        self.conn.commit()
+        return int(found[0]) if found else 0
+
+    def _lock(self, cur: Any) -> None:
+        """Take the lock that makes creating or migrating the schema one netblock's job."""
 
     def describe(self) -> str:
         return self.kind
@@ -125,26 +258,67 @@ class EventStore:
 
     def write(self, rows: Sequence[Row]) -> None:
         """Insert one batch in one transaction; on error nothing of it is stored."""
-        sql = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES "
-               f"({', '.join([self.placeholder] * len(COLUMNS))})")
+        try:
+            self._write(rows)
+        except Exception as exc:
+            if not self._shape_gone(exc):
+                raise
+            # Another instance of a fleet deleted a shape (retention) this one had cached:
+            # the cache is empty now, and the batch is written with the shapes looked up again.
+            self._write(rows)
+
+    def _write(self, rows: Sequence[Row]) -> None:
+        known = self._shape_ids
         try:
             cur = self.conn.cursor()
-            cur.executemany(sql, rows)
+            values: list[Any] = []
+            for ts, shape, name, rule in rows:
+                values += (ts, known.get(shape) or self._shape_id(cur, shape), name, rule)  # ids start at 1
+            step = INSERT_ROWS * 4
+            for start in range(0, len(values), step):
+                chunk = values[start : start + step]
+                cur.execute(_insert_sql(self.placeholder, len(chunk) // 4), chunk)
             self.conn.commit()
         except Exception:
             self._rollback()
+            known.clear()  # it may hold shapes inserted by the transaction just rolled back
             raise
 
+    def _shape_id(self, cur: Any, shape: Shape) -> int:
+        """The id of a shape the cache does not hold: looked up, or added. Two instances of a
+        fleet may add the same shape at once: DO NOTHING lets the second find the first's."""
+        cur.execute(self._find_shape_sql, shape)
+        found = cur.fetchone()
+        if found is None:
+            cur.execute(self._add_shape_sql, shape)
+            cur.execute(self._find_shape_sql, shape)
+            found = cur.fetchone()
+        known = self._shape_ids
+        if len(known) >= SHAPE_IDS_MAX:
+            for oldest in list(itertools.islice(known, SHAPE_IDS_MAX // 2)):
+                del known[oldest]
+        known[shape] = found[0]
+        return int(found[0])
+
+    def _shape_gone(self, exc: Exception) -> bool:
+        """True if a write failed because an event named a shape that no longer exists."""
+        return False
+
     def purge(self, before: float) -> int:
-        """Delete events older than `before` (retention)."""
+        """Delete events older than `before` (retention), then the shapes no event names."""
         try:
             cur = self.conn.cursor()
-            cur.execute("DELETE FROM events WHERE ts < ?".replace("?", self.placeholder), (before,))
+            cur.execute(f"DELETE FROM event_log WHERE ts < {self.placeholder}", (before,))
+            removed = int(cur.rowcount or 0)
+            cur.execute("DELETE FROM event_shapes WHERE NOT EXISTS "
+                        "(SELECT 1 FROM event_log WHERE event_log.shape = event_shapes.id)")
             self.conn.commit()
-            return int(cur.rowcount or 0)
+            return removed
         except Exception:
             self._rollback()
             raise
+        finally:
+            self._shape_ids.clear()  # never name a deleted shape
 
     def _rollback(self) -> None:
         try:
@@ -154,7 +328,7 @@ class EventStore:
 
     # -- reading (reports)
 
-    def query(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         cur = self.conn.cursor()
         cur.execute(sql.replace("?", self.placeholder), tuple(params))
         rows = [tuple(r) for r in cur.fetchall()]
@@ -190,6 +364,11 @@ class SqliteStore(EventStore):
             self.close()
             raise StoreError(f"{path}: {exc}") from None
 
+    def _lock(self, cur: Any) -> None:
+        if self.conn.in_transaction:
+            self.conn.commit()
+        cur.execute("BEGIN IMMEDIATE")  # the write lock now; another netblock waits (busy_timeout)
+
     def describe(self) -> str:
         return self.path
 
@@ -205,6 +384,7 @@ class PostgresStore(EventStore):
             import psycopg
         except ImportError:
             raise StoreError("PostgreSQL events need psycopg 3: pip install 'netblock[postgres]'") from None
+        self._foreign_key_violation = psycopg.errors.ForeignKeyViolation
         try:
             self.conn = psycopg.connect(dsn, connect_timeout=10)
             with self.conn.cursor() as cur:
@@ -214,6 +394,10 @@ class PostgresStore(EventStore):
         except psycopg.Error as exc:
             self.close()
             raise StoreError(f"{self.describe()}: {exc}".strip()) from None
+
+    def _shape_gone(self, exc: Exception) -> bool:
+        # PostgreSQL keeps the foreign key (SQLite is not asked to: only this process writes there).
+        return isinstance(exc, self._foreign_key_violation)
 
     def floor(self, expression: str) -> str:
         return f"FLOOR({expression})"  # a CAST rounds in PostgreSQL

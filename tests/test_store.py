@@ -1,0 +1,213 @@
+"""The event store's schema 2: narrow event rows naming shared shapes, the `events` view,
+the migration from version 1, and the writer's cache of shape ids."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netblock import store as store_module
+from netblock.events import EventRecorder
+from netblock.report import build_report, render_csv, render_table
+from netblock.store import COLUMNS, SCHEMA_VERSION, SHAPE_COLUMNS, EventStore, Row, StoreError, open_store, wide
+from test_events import BLOCK, wait_until
+
+from harness import REPO
+
+T0 = 1_764_316_800.0
+
+
+def shape(device: str = "desk-1", instance: str = "edge-1", stage: str = "query") -> tuple[Any, ...]:
+    """Values of store.SHAPE_COLUMNS."""
+    return (instance, device, 1, "Alice", "Finance", "inventory-ip", "10.0.0.1", "aa:bb:cc:dd:ee:ff", "A",
+            "wechat", "Tencent WeChat (Weixin)", "wechat.yaml:12", stage, "block", "GOV-1", "udp")
+
+
+def v1_rows() -> list[tuple[Any, ...]]:
+    """Rows as version 1 stored them (COLUMNS, without id): shapes shared and not, odd text."""
+    rows = []
+    for i in range(40):
+        device = ("finance-pc", "10.0.0.2", 'q"uote\\dev', "bücher")[i % 4]
+        action = "monitor" if i % 5 == 0 else "block"
+        rows.append((T0 + i * 97.5, ("edge-a", "edge-b")[i % 2], device, 1 if i % 4 == 0 else 0,
+                     "Alice" if i % 4 == 0 else "", "Finance" if i % 4 == 0 else "",
+                     "inventory-ip" if i % 4 == 0 else "ip", f"10.0.0.{i % 4 + 1}",
+                     "" if i % 3 else "aa:bb:cc:dd:ee:ff",
+                     f"h{i % 7}.weixin.qq.com.", ("A", "AAAA", "HTTPS")[i % 3], "wechat", "Tencent WeChat (Weixin)",
+                     f"h{i % 7}.weixin.qq.com" if i % 2 else "weixin.qq.com", "wechat.yaml:12",
+                     ("query", "sni", "cname")[i % 3], action, "GOV-1" if i % 6 else "", ("udp", "tcp", "doh")[i % 3]))
+    rows.append((T0 + 9999.25, "edge-a", "\x1b[31mred", 0, "", "", "ip", "10.9.9.9", "", "a\\.b\\000.cn.", "TYPE65280",
+                 "x", "", "a\\.b\\000.cn", "x.yaml:1", "sni", "block", "", "dot"))
+    return rows
+
+
+def make_v1_sqlite(path: Path, rows: list[tuple[Any, ...]]) -> None:
+    """A database as netblock with schema version 1 left it."""
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE netblock_schema (version INTEGER NOT NULL)")
+    for statement in store_module._MIGRATIONS["sqlite"][1]:
+        db.execute(statement)
+    db.execute("INSERT INTO netblock_schema (version) VALUES (1)")
+    db.executemany(f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+    db.commit()
+    db.close()
+
+
+def report_of(store: EventStore) -> tuple[dict[str, Any], str, str]:
+    report = build_report(store)
+    report.pop("generated")
+    return report, render_table(report), render_csv(report)
+
+
+def events_cli(db: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "netblock", "events", "--db", db, "--last", "100", "--format",
+                           "json"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_migration_from_version_1_keeps_ids_values_and_reports(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    make_v1_sqlite(path, v1_rows())
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM events WHERE id IN (3, 17, 40, 41)")  # 41, 40: the newest rows went
+    db.commit()
+    assert db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone() == (41,)
+
+    # A report reads version 1 as it is, and leaves it so: only the server migrates.
+    reader = open_store(str(path), create=False)
+    assert reader.version == 1
+    before_rows = reader.query("SELECT * FROM events ORDER BY id")
+    before_report = report_of(reader)
+    reader.close()
+    before_cli = events_cli(str(path))
+    assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(1,)]
+    assert db.execute("SELECT type FROM sqlite_master WHERE name = 'events'").fetchone() == ("table",)
+    assert len(before_rows) == 37 and before_rows[-1][0] == 39
+
+    writer = open_store(str(path))
+    assert writer.version == SCHEMA_VERSION == 2
+    assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(2,)]
+    assert db.execute("SELECT type FROM sqlite_master WHERE name = 'events'").fetchone() == ("view",)
+    after_rows = writer.query("SELECT * FROM events ORDER BY id")
+    assert after_rows == before_rows  # every id and every value, in the same columns
+    assert [c[0] for c in db.execute("SELECT * FROM events").description] == ["id", *COLUMNS]
+    assert report_of(writer) == before_report
+    at = [("id", *COLUMNS).index(column) for column in SHAPE_COLUMNS]
+    distinct = {tuple(row[i] for i in at) for row in before_rows}
+    assert 10 < len(distinct) < 37
+    assert writer.query("SELECT COUNT(*) FROM event_shapes") == [(len(distinct),)]
+    assert writer.query("SELECT COUNT(*) FROM event_log") == [(37,)]
+    # Ids go on from the highest version 1 ever gave (41), not from the highest left (39).
+    writer.write([(T0, shape(), "new.weixin.qq.com.", "weixin.qq.com")])
+    assert writer.query("SELECT MAX(id) FROM events") == [(42,)]
+    writer.close()
+    assert events_cli(str(path)).splitlines()[:-1] == before_cli.splitlines()
+    assert json.loads(events_cli(str(path)).splitlines()[-1])["id"] == 42
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+
+def test_a_failed_migration_leaves_version_1_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "events.db"
+    make_v1_sqlite(path, v1_rows())
+    steps = dict(store_module._MIGRATIONS["sqlite"])
+    steps[2] = (*steps[2], "SELECT no_such_function()")  # fails after the old table is gone
+    monkeypatch.setitem(store_module._MIGRATIONS, "sqlite", steps)
+    with pytest.raises(StoreError, match="no_such_function"):
+        open_store(str(path))
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(1,)]
+    assert db.execute("SELECT type FROM sqlite_master WHERE name = 'events'").fetchone() == ("table",)
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone() == (len(v1_rows()),)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name IN ('event_log', 'event_shapes')").fetchall() == []
+
+
+def test_a_reader_refuses_what_is_not_a_netblock_store(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreError, match="no netblock events here"):
+        open_store(str(tmp_path / "other.db"), create=False)
+
+
+def test_rows_through_the_view_are_the_version_1_rows(tmp_path: Path) -> None:
+    rec = EventRecorder(None, 100, "edge-1", store=str(tmp_path / "e.db"), flush_interval=0.02, retention_days=0)
+    rec.record(1_700_000_000.5, "10.0.0.7", "aa:bb:cc:dd:ee:01", b"\x01a\x03b.c\x02cn\x00", 28, BLOCK, "sni", "tcp")
+    rec.start()
+    try:
+        assert wait_until(lambda: rec.written == 1)
+    finally:
+        rec.stop()
+    db = sqlite3.connect(tmp_path / "e.db")
+    cursor = db.execute("SELECT * FROM events")
+    assert [c[0] for c in cursor.description] == ["id", *COLUMNS]
+    assert cursor.fetchall() == [(1, 1_700_000_000.5, "edge-1", "10.0.0.7", 0, "", "", "ip", "10.0.0.7",
+                                  "aa:bb:cc:dd:ee:01", "a.b\\.c.cn.", "AAAA", "wechat", "Tencent WeChat (Weixin)",
+                                  "weixin.qq.com", "wechat.yaml:12", "sni", "block", "GOV-1", "tcp")]
+    assert wide((1.0, shape(), "n.", "r")) == (1.0, *shape()[:8], "n.", *shape()[8:11], "r", *shape()[11:])
+
+
+def test_shapes_are_stored_once(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "e.db"))
+    rows: list[Row] = [(T0 + i, shape(stage=("query", "sni")[i % 2]), f"n{i}.example.", f"n{i}.example")
+                       for i in range(450)]  # more than one INSERT statement's worth
+    store.write(rows[:10])
+    store.write(rows[10:])
+    assert store.query("SELECT COUNT(*) FROM event_shapes") == [(2,)]
+    assert store.query("SELECT * FROM events ORDER BY id") == [(i + 1, *wide(row)) for i, row in enumerate(rows)]
+    again = open_store(str(tmp_path / "e.db"))  # a new cache finds the shapes there
+    again.write([(T0, shape(), "x.example.", "x.example")])
+    assert again.query("SELECT COUNT(*) FROM event_shapes") == [(2,)]
+    assert again.query("SELECT device, name FROM events WHERE id = 451") == [("desk-1", "x.example.")]
+
+
+def test_a_failed_batch_forgets_the_shapes_it_added(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "e.db"))
+    store.write([(T0, shape("old-pc"), "a.example.", "a.example")])
+    failing: list[Row] = [(T0 + 1, shape("new-pc"), "b.example.", "b.example"),
+                          (T0 + 2, shape("new-pc"), None, "b.example")]  # type: ignore[list-item]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write(failing)
+    # One transaction: the shape it added went with it...
+    assert store.query("SELECT device FROM event_shapes") == [("old-pc",)]
+    # ...and a later batch does not name it: its events are there, with their device.
+    store.write([(T0 + 3, shape("new-pc"), "c.example.", "c.example")])
+    assert store.query("SELECT ts, device, name FROM events ORDER BY id") == [
+        (T0, "old-pc", "a.example."), (T0 + 3, "new-pc", "c.example.")]
+    assert store.query("SELECT COUNT(*) FROM event_log") == [(2,)]
+
+
+def test_retention_removes_shapes_no_event_names(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "e.db"))
+    store.write([(T0 - 100, shape("gone-pc"), "a.example.", "a.example"),
+                 (T0 + 100, shape("kept-pc"), "b.example.", "b.example")])
+    store.write([(T0 - 50, shape("gone-pc"), "c.example.", "c.example")])
+    assert store.purge(T0) == 2
+    assert store.query("SELECT device FROM event_shapes") == [("kept-pc",)]
+    # The writer comes back to the shape retention removed: stored again, not named by its old id.
+    store.write([(T0 + 200, shape("gone-pc"), "d.example.", "d.example"),
+                 (T0 + 300, shape("kept-pc"), "e.example.", "e.example")])
+    assert store.query("SELECT device, name FROM events ORDER BY id") == [
+        ("kept-pc", "b.example."), ("gone-pc", "d.example."), ("kept-pc", "e.example.")]
+    assert store.query("SELECT COUNT(*) FROM event_shapes") == [(2,)]
+
+
+def test_ids_never_go_back_when_retention_removes_the_newest(tmp_path: Path) -> None:
+    """`netblock events --follow` reads `id > last`: an id given once is never given again,
+    even when the newest events are the ones retention removes (a clock set right later)."""
+    store = open_store(str(tmp_path / "e.db"))
+    store.write([(T0, shape(), "a.", "a"), (T0 + 1, shape(), "b.", "b"), (1.0, shape(), "clock-in-1970.", "c")])
+    assert store.purge(T0) == 1  # id 3
+    store.write([(T0 + 2, shape(), "d.", "d")])
+    assert store.query("SELECT id, name FROM events ORDER BY id") == [(1, "a."), (2, "b."), (4, "d.")]
+    assert store.purge(time.time()) == 3  # all of them
+    store.close()
+    store = open_store(str(tmp_path / "e.db"))
+    store.write([(T0 + 3, shape(), "e.", "e")])
+    assert store.query("SELECT id FROM events") == [(5,)]
