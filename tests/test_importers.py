@@ -172,6 +172,38 @@ def test_nameset_lookup_and_levels() -> None:
     assert names.has(a, EXACT) and not names.has(a, SUBTREE)
 
 
+@pytest.mark.parametrize("count", [1, 11, 22, 44, 700])
+def test_nameset_table_at_its_fullest_finds_every_name_and_nothing_else(count: int) -> None:
+    # 11, 22, 44 and 700 names fill 16, 32, 64 and 1024 slots about 70%: long runs of
+    # taken slots, and runs that wrap past the table's end, are walked to the right name.
+    held = [f"n{i}.held.example" for i in range(count)]
+    tags = [(EXACT, SUBTREE, BELOW, SUBTREE | NODATA)[i % 4] for i in range(count)]
+    names = NameSet(held, tags)
+    assert len(names.table) // 2 >= count * 10 // 7
+    for name, tag in zip(held, tags, strict=True):
+        wire = to_wire(name)
+        assert names.find(wire, tag & 3 != BELOW) == tag
+        assert names.has(wire, tag) and not names.has(wire, tag ^ 1)
+    for i in range(3000):
+        assert names.find(to_wire(f"n{i}.other.example"), True) == -1
+        assert names.find(to_wire(f"n{i}.held.exampl"), False) == -1
+    assert list(names.items()) == [(to_wire(n), t) for n, t in zip(held, tags, strict=True)]
+
+
+def test_nameset_hit_needs_crc_and_length_besides_the_hash() -> None:
+    names = NameSet(["a.example"])
+    wire = to_wire("a.example")
+    table = names.table
+    slot = next(i for i in range(0, len(table), 2) if table[i + 1])
+    about = table[slot + 1]
+    table[slot + 1] = about ^ 1 << 40  # another CRC-32
+    assert names.find(wire, True) == -1
+    table[slot + 1] = about ^ 1 << 9  # another length
+    assert names.find(wire, True) == -1
+    table[slot + 1] = about
+    assert names.find(wire, True) == EXACT
+
+
 def _write(tmp_path: Path, name: str, text: str, newline: str = "\n") -> Path:
     path = tmp_path / name
     path.write_bytes(text.replace("\n", newline).encode())
