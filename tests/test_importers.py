@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from netblock.names import to_wire
+from netblock.policy import importers
 from netblock.policy.importers import (
     BELOW,
     EXACT,
@@ -172,14 +173,28 @@ def test_nameset_lookup_and_levels() -> None:
     assert names.has(a, EXACT) and not names.has(a, SUBTREE)
 
 
-@pytest.mark.parametrize("count", [1, 11, 22, 44, 700])
+@pytest.mark.parametrize("count", [1, 8, 16, 32, 512])
 def test_nameset_table_at_its_fullest_finds_every_name_and_nothing_else(count: int) -> None:
-    # 11, 22, 44 and 700 names fill 16, 32, 64 and 1024 slots about 70%: long runs of
-    # taken slots, and runs that wrap past the table's end, are walked to the right name.
+    # 8, 16, 32 and 512 names fill 16, 32, 64 and 1024 slots half: runs of taken slots.
     held = [f"n{i}.held.example" for i in range(count)]
     tags = [(EXACT, SUBTREE, BELOW, SUBTREE | NODATA)[i % 4] for i in range(count)]
     names = NameSet(held, tags)
-    assert len(names.table) // 2 >= count * 10 // 7
+    assert len(names.table) // 2 == max(16, 2 * count)
+    _finds_exactly(names, held, tags)
+
+
+def test_nameset_runs_wrap_past_the_end_and_equal_hashes_part_by_crc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every name hashed to the last slot: each run wraps to the start of the table, and
+    # held and other names meet with equal hashes, told apart by CRC-32 and length alone.
+    monkeypatch.setattr(importers, "hash", lambda wire: 15, raising=False)
+    held = [f"n{i}.held.example" for i in range(8)]
+    tags = [(EXACT, SUBTREE, BELOW, SUBTREE | NODATA)[i % 4] for i in range(8)]
+    names = NameSet(held, tags)
+    assert len(names.table) == 32 and names.table[31] and names.table[1]  # the last slot and the first
+    _finds_exactly(names, held, tags)
+
+
+def _finds_exactly(names: NameSet, held: list[str], tags: list[int]) -> None:
     for name, tag in zip(held, tags, strict=True):
         wire = to_wire(name)
         assert names.find(wire, tag & 3 != BELOW) == tag
@@ -187,6 +202,7 @@ def test_nameset_table_at_its_fullest_finds_every_name_and_nothing_else(count: i
     for i in range(3000):
         assert names.find(to_wire(f"n{i}.other.example"), True) == -1
         assert names.find(to_wire(f"n{i}.held.exampl"), False) == -1
+        assert names.find(to_wire(f"m{i}.held.example"), False) == -1  # same length as a held name
     assert list(names.items()) == [(to_wire(n), t) for n, t in zip(held, tags, strict=True)]
 
 
@@ -353,8 +369,6 @@ def test_blocked_answer_for_an_imported_name_cites_it(tmp_path: Path) -> None:
 def test_dedupe_across_slices_and_parts_keeps_first_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """Names repeated across slices and across dedupe dicts are kept once, in source order,
     with or without per-name kinds."""
-    from netblock.policy import importers
-
     monkeypatch.setattr(importers, "_SLICE", 7)
     monkeypatch.setattr(importers, "_PART", 10)
     names = [f"n{i % 37}.example" for i in range(200)]
