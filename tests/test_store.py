@@ -4,15 +4,19 @@ the migration from version 1, and the writer's cache of shape ids."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from netblock import events as events_module
 from netblock import store as store_module
 from netblock.events import EventRecorder
 from netblock.report import build_report, render_csv, render_table
@@ -51,6 +55,7 @@ def v1_rows() -> list[tuple[Any, ...]]:
 def make_v1_sqlite(path: Path, rows: list[tuple[Any, ...]]) -> None:
     """A database as netblock with schema version 1 left it."""
     db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
     db.execute("CREATE TABLE netblock_schema (version INTEGER NOT NULL)")
     for statement in store_module._MIGRATIONS["sqlite"][1]:
         db.execute(statement)
@@ -211,3 +216,152 @@ def test_ids_never_go_back_when_retention_removes_the_newest(tmp_path: Path) -> 
     store = open_store(str(tmp_path / "e.db"))
     store.write([(T0 + 3, shape(), "e.", "e")])
     assert store.query("SELECT id FROM events") == [(5,)]
+
+
+# ---------------------------------------------------------------- opening in the writer thread
+
+
+def locked(path: Path, seconds: float) -> threading.Timer:
+    """Another netblock holds the file's write lock for `seconds` (a restart's overlap)."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(seconds, lambda: (other.execute("ROLLBACK"), other.close()))
+    release.start()
+    return release
+
+
+def test_start_returns_at_once_while_the_writer_migrates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """start() runs on the event loop: opening the store (here a migration from version 1,
+    which first waits for another connection's lock) is the writer thread's job, so DNS never
+    waits for it; events wait in the queue and are written once the store is open."""
+    path = tmp_path / "events.db"
+    make_v1_sqlite(path, v1_rows())
+    release = locked(path, 2.0)
+    rec = EventRecorder(None, 100, "edge-1", store=str(path), flush_interval=0.02, retention_days=0)
+    with caplog.at_level(logging.INFO, logger="netblock.store"):
+        started = time.monotonic()
+        rec.start()
+        took = time.monotonic() - started
+        try:
+            for i in range(3):
+                rec.record(T0 + i, "10.0.0.7", "", f"n{i}.weixin.qq.com.", 1, BLOCK, "query", "udp")
+            time.sleep(0.3)
+            assert release.is_alive()  # still locked: nothing written, nothing lost
+            assert (rec.written, rec.dropped, len(rec.queue)) == (0, 0, 3)
+            assert wait_until(lambda: rec.written == 3)
+        finally:
+            rec.stop()
+    assert took < 1.0, took
+    messages = [r.getMessage() for r in caplog.records if r.name == "netblock.store"]
+    assert messages[0] == (f"events: migrating the event store {path} from schema 1 to 2 ({len(v1_rows())} events); "
+                           "DNS answers meanwhile, events wait in the queue")
+    assert re.fullmatch(rf"events: migrated the event store {re.escape(str(path))} from schema 1 to 2 in \d+\.\d s",
+                        messages[1]), messages
+    assert len(messages) == 2
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT COUNT(*), MAX(name) FROM events").fetchone() == (len(v1_rows()) + 3, "n2.weixin.qq.com.")
+
+
+def test_stop_does_not_wait_past_its_bound_for_a_store_being_opened(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events_module, "STOP_DRAIN_SECONDS", 0.2)
+    monkeypatch.setattr(events_module, "STOP_GRACE_SECONDS", 0.3)
+    path = tmp_path / "events.db"
+    make_v1_sqlite(path, v1_rows())
+    release = locked(path, 3.0)
+    rec = EventRecorder(None, 100, "edge-1", store=str(path), flush_interval=0.02, retention_days=0)
+    rec.start()
+    writer = rec._thread
+    assert writer is not None
+    for i in range(5):
+        rec.record(T0 + i, "10.0.0.7", "", f"n{i}.weixin.qq.com.", 1, BLOCK, "query", "udp")
+    started = time.monotonic()
+    rec.stop()
+    assert time.monotonic() - started < 2.0  # 0.2 + 0.3 s, and room for a loaded machine
+    assert writer.is_alive() and release.is_alive()  # still opening the store: left to finish on its own
+    release.join()
+    writer.join(15)
+    assert not writer.is_alive()
+    assert rec.store is None  # the writer closed what it opened
+    assert rec.written + rec.dropped == 5
+
+
+# ---------------------------------------------------------------- two writers of one SQLite file
+
+
+def test_a_shape_the_other_writer_removed_is_never_misnamed(tmp_path: Path) -> None:
+    """A restart overlaps the old process (draining) and the new one on one file. A shape id
+    one cached and the other's retention deleted must not name another shape given the same
+    number (the event would be another device's), nor a shape gone (it would leave the view)."""
+    path = str(tmp_path / "e.db")
+    old, new = open_store(path), open_store(path)
+    assert old.query("PRAGMA foreign_keys") == [(1,)]
+    old.write([(1.0, shape("gone-pc"), "a.example.", "a.example")])  # `old` caches gone-pc's id
+    assert new.purge(T0) == 1  # its event and its shape go
+    new.write([(T0, shape("other-pc"), "b.example.", "b.example")])  # a new shape: the number is not given again
+    old.write([(T0 + 1, shape("gone-pc"), "c.example.", "c.example")])
+    assert old.query("SELECT device, name FROM events ORDER BY id") == [("other-pc", "b.example."),
+                                                                         ("gone-pc", "c.example.")]
+    assert new.purge(T0 + 0.5) == 1
+    old.write([(T0 + 2, shape("other-pc"), "d.example.", "d.example")])  # cached, and gone: added again
+    assert old.query("SELECT device, name FROM events ORDER BY id") == [("gone-pc", "c.example."),
+                                                                         ("other-pc", "d.example.")]
+    assert old.query("SELECT COUNT(*) FROM event_log") == [(2,)]
+    assert old.query("PRAGMA foreign_key_check") == []
+    old.close()
+    new.close()
+
+
+# ---------------------------------------------------------------- the writer's statements
+
+
+class Recording:
+    """A connection that notes the SQL its cursors run."""
+
+    def __init__(self, conn: Any, seen: list[str]) -> None:
+        self._conn, self._seen = conn, seen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def cursor(self) -> Any:
+        recording, cursor = self, self._conn.cursor()
+
+        class Cursor:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cursor, name)
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                recording._seen.append(sql)
+                return cursor.execute(sql, *args)
+
+            def executemany(self, sql: str, *args: Any) -> Any:
+                recording._seen.append(sql)
+                return cursor.executemany(sql, *args)
+
+        return Cursor()
+
+
+def test_two_insert_statements_whatever_the_batch(tmp_path: Path) -> None:
+    """Each distinct statement is prepared and cached by the driver (psycopg keeps 100,
+    sqlite3 128): a batch's last chunk goes a row at a time, not as a statement of its size."""
+    store = open_store(str(tmp_path / "e.db"))
+    seen: list[str] = []
+    store.conn = Recording(store.conn, seen)
+    rows: list[Row] = []
+    for size in (1, 7, 199, 200, 201, 450, 1000, 3):
+        batch: list[Row] = [(T0 + len(rows) + i, shape(stage=("query", "sni")[i % 2]), f"n{len(rows) + i}.", "r")
+                            for i in range(size)]
+        store.write(batch)
+        rows += batch
+    inserts = {sql for sql in seen if sql.startswith("INSERT INTO event_log")}
+    assert inserts == {store_module._insert_sql("?", store_module.INSERT_ROWS), store_module._insert_sql("?", 1)}
+    assert store.query("SELECT * FROM events ORDER BY id") == [(i + 1, *wide(row)) for i, row in enumerate(rows)]
+
+
+def test_make_room_forgets_the_older_half() -> None:
+    cache = {n: n for n in range(10)}
+    store_module.make_room(cache, 11)
+    assert len(cache) == 10
+    store_module.make_room(cache, 10)
+    assert list(cache) == [5, 6, 7, 8, 9]

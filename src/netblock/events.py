@@ -7,7 +7,8 @@ Elastic Common Schema JSON lines to a file rotated by size.
 
 A sink that fails (disk full, database gone) loses that batch, counts it, logs one error
 per minute at most, and is tried again with the next batch: writing resumes by itself
-when space returns, and DNS never waits for it.
+when space returns, and DNS never waits for it. The writer thread also opens the store,
+which may migrate its schema (minutes for a big store): events wait in the queue meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import collections
 import errno
 import functools
-import itertools
 import json
 import logging
 import os
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from netblock.devices import Device, DeviceIdentifier, Identity
 from netblock.names import from_wire
 from netblock.policy.rule import Rule, citing
-from netblock.store import EventStore, Row, Shape, StoreError, open_store
+from netblock.store import EventStore, Row, Shape, make_room, open_store
 
 if TYPE_CHECKING:
     from netblock.config import Config
@@ -47,6 +47,8 @@ ECS_VERSION = "8.11.0"
 ERROR_INTERVAL = 60.0  # seconds between two error lines about the same failing sink
 RETENTION_INTERVAL = 3600.0  # seconds between two retention passes
 STOP_DRAIN_SECONDS = 5.0  # stop() writes what is queued for at most this long
+STOP_GRACE_SECONDS = 5.0  # ...and waits this much longer for a batch in flight, or the store being opened
+RECONNECT_SECONDS = 5.0  # between two attempts to open the store
 
 _QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
            33: "SRV", 35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
@@ -193,6 +195,7 @@ class EventRecorder:
         self.queue_dropped = 0  # record() found the queue full
         self._wake = threading.Event()
         self._stop = False
+        self._deadline = 0.0  # stop(): draining ends then
         self._thread: threading.Thread | None = None
         self._next_retention = 0.0
         self._next_connect = 0.0
@@ -255,14 +258,9 @@ class EventRecorder:
     # -- the writer thread
 
     def start(self) -> None:
-        """Open the store and start the threads. A store that cannot be opened is logged
-        (one clear error) and retried by the writer: DNS serves either way."""
-        if self.store_target and self.store is None and self.store_sink:
-            try:
-                self.store = open_store(self.store_target)
-            except StoreError as exc:
-                self.store_sink.failed(0, exc)
-                self._next_connect = time.monotonic() + 5.0
+        """Start the threads. The writer opens the store: start() runs on the event loop, and
+        opening may migrate the schema for minutes; DNS answers meanwhile. A store that cannot
+        be opened is logged (one clear error) and retried by the writer: DNS serves either way."""
         if self.identifier:
             self.identifier.start()
         if self._thread is None and (self.store_sink or self.jsonl_sink):
@@ -271,14 +269,23 @@ class EventRecorder:
             self._thread.start()
 
     def stop(self) -> None:
-        """Write what is queued (for STOP_DRAIN_SECONDS at most), then close the sinks."""
+        """Write what is queued (for STOP_DRAIN_SECONDS at most), then close the sinks. A writer
+        still busy after STOP_GRACE_SECONDS more (opening the store: a migration) is left to
+        finish on its own, and closes the sinks itself."""
+        self._deadline = time.monotonic() + STOP_DRAIN_SECONDS
         self._stop = True
         self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=STOP_DRAIN_SECONDS + 5)
-            self._thread = None
+        writer, self._thread = self._thread, None
+        if writer:
+            writer.join(timeout=STOP_DRAIN_SECONDS + STOP_GRACE_SECONDS)
         if self.identifier:
             self.identifier.stop()
+        if writer and writer.is_alive():
+            log.warning("events: the writer is still busy (opening the event store?); not waiting for it")
+        else:
+            self._close_sinks()
+
+    def _close_sinks(self) -> None:
         if self.store:
             self.store.close()
             self.store = None
@@ -290,10 +297,15 @@ class EventRecorder:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
         except (AttributeError, OSError):
             pass
-        deadline = 0.0
+        try:
+            if self.store_sink:
+                self._open_store(0)  # first thing: a migration here keeps events, not DNS, waiting
+            self._write_queue()
+        finally:
+            self._close_sinks()
+
+    def _write_queue(self) -> None:
         while True:
-            if self._stop and not deadline:
-                deadline = time.monotonic() + STOP_DRAIN_SECONDS
             batch: list[RawEvent] = []
             queue = self.queue
             while queue and len(batch) < self.batch_size:
@@ -306,7 +318,7 @@ class EventRecorder:
                     log.exception("events: writing a batch failed")
                     if self._primary:
                         self._primary.failed(len(batch), exc)
-                if deadline and time.monotonic() > deadline:
+                if self._stop and time.monotonic() > self._deadline:
                     self.queue_dropped += len(queue)  # shutting down and the sink is too slow
                     queue.clear()
                     return
@@ -364,38 +376,45 @@ class EventRecorder:
                policy.id, policy.title, policy.url, rule.origin, rule.role, id(identity))
         found = shapes.get(key)
         if found is None and key not in shapes:
-            if len(shapes) >= SHAPES_MAX:
-                for oldest in list(itertools.islice(shapes, SHAPES_MAX // 2)):
-                    del shapes[oldest]
+            make_room(shapes, SHAPES_MAX)
             shapes[key] = None
             return _Whole(identity, self.instance)
         if found is None or found.identity is not identity:
             found = shapes[key] = _shape_of(event, identity, self.instance)
         return found
 
+    def _open_store(self, count: int) -> EventStore | None:
+        """The store, opened if it is not (at start, or lost: PostgreSQL gone) and the last
+        attempt was RECONNECT_SECONDS ago. None: `count` events are dropped and counted, and
+        the error logged (once a minute at most)."""
+        assert self.store_sink is not None
+        if self.store is None:
+            if time.monotonic() < self._next_connect:
+                self.store_sink.failed(count, ConnectionError("event store unavailable"))
+                return None
+            try:
+                self.store = open_store(self.store_target)
+            except Exception as exc:  # StoreError, or an OSError making its directory
+                self.store_sink.failed(count, exc)
+                return None
+            finally:
+                self._next_connect = time.monotonic() + RECONNECT_SECONDS
+        return self.store
+
     def _write_store(self, rows: list[Row]) -> None:
         assert self.store_sink is not None
-        if self.store is None:  # lost earlier (PostgreSQL gone): reconnect at most every few seconds
-            now = time.monotonic()
-            if now >= self._next_connect:
-                self._next_connect = now + 5.0
-                try:
-                    self.store = open_store(self.store_target)
-                except StoreError as exc:
-                    self.store_sink.failed(len(rows), exc)
-                    return
-            else:
-                self.store_sink.failed(len(rows), ConnectionError("event store unavailable"))
-                return
+        store = self._open_store(len(rows))
+        if store is None:
+            return
         try:
-            self.store.write(rows)
+            store.write(rows)
             self.store_sink.ok(len(rows))
         except Exception as exc:
             self.store_sink.failed(len(rows), exc)
-            conn = self.store.conn
+            conn = store.conn
             lost = getattr(conn, "broken", False) or getattr(conn, "closed", False)
-            if self.store.kind == "postgres" and lost:
-                self.store.close()
+            if store.kind == "postgres" and lost:
+                store.close()
                 self.store = None
 
     def identify(self, client_ip: str, mac: str) -> Identity:

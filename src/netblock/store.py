@@ -8,17 +8,27 @@ same schema and the same SQL: queries are written with `?` placeholders and Post
 driver gets them as `%s`. The schema is versioned in `netblock_schema` so a later netblock
 can migrate a database an older one created, and an older netblock refuses a database a
 newer one wrote instead of misreading it.
+
+Two writers may share a store: the instances of a fleet (PostgreSQL), or the old and the new
+process of a restart (SQLite, while the old one drains). Either may delete a shape the other
+has cached (retention): the foreign key (kept in both back-ends) makes an event naming it
+fail, and the batch is written again with the shapes looked up again; ids are never reused
+(an AUTOINCREMENT or an identity), so a stale id never names another shape.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 SHAPE_IDS_MAX = 10_000  # shape ids the writer keeps
@@ -52,6 +62,16 @@ def wide(row: Row) -> tuple[Any, ...]:
 
 if wide(("ts", SHAPE_COLUMNS, "name", "rule")) != COLUMNS:  # type: ignore[arg-type]
     raise ImportError("store.wide() and the column lists disagree")
+
+
+def make_room(cache: dict[Any, Any], limit: int) -> None:
+    """Before adding to a bounded cache: when it is full, forget its older half (a dict keeps
+    the order keys were added in). Cheaper than an LRU on every hit, and as good for caches
+    whose keys come back steadily (the writer's shapes)."""
+    if len(cache) >= limit:
+        for oldest in list(itertools.islice(cache, limit // 2)):
+            del cache[oldest]
+
 
 _SHAPE_DDL = """
     instance TEXT NOT NULL,            -- the netblock server that saw it (fleets)
@@ -110,6 +130,8 @@ _VIEW = ("CREATE VIEW events AS SELECT l.id AS id, "
          + " FROM event_log l JOIN event_shapes s ON s.id = l.shape")
 _SHAPES = ", ".join(SHAPE_COLUMNS)
 _SAME_SHAPE = " AND ".join(f"s.{c} = e.{c}" for c in SHAPE_COLUMNS)
+_NEW_SHAPE = " AND ".join(f"{c} = NEW.{c}" for c in SHAPE_COLUMNS)
+_NEW_VALUES = ", ".join(f"NEW.{c}" for c in SHAPE_COLUMNS)
 
 
 def _to_v2(id_type: str, autoincrement: str, overriding: str, keep_sequence: tuple[str, ...]) -> tuple[str, ...]:
@@ -117,7 +139,7 @@ def _to_v2(id_type: str, autoincrement: str, overriding: str, keep_sequence: tup
     then the view takes the table's name. The indexes come last: cheaper than during the copy."""
     identity = "INTEGER PRIMARY KEY" if id_type == "INTEGER" else "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     return (
-        f"CREATE TABLE event_shapes (id {identity}, {_SHAPE_DDL})",
+        f"CREATE TABLE event_shapes (id {identity}{autoincrement}, {_SHAPE_DDL})",
         f"CREATE TABLE event_log (id {identity}{autoincrement}, {_LOG_DDL.format(id_type=id_type)})",
         f"INSERT INTO event_shapes ({_SHAPES}) SELECT DISTINCT {_SHAPES} FROM events",
         f"INSERT INTO event_log (id, ts, shape, name, rule) {overriding}"
@@ -145,8 +167,10 @@ _MIGRATIONS: dict[str, dict[int, tuple[str, ...]]] = {
         # time (a router that booted with its clock years behind, before NTP set it), or be
         # every row (a server idle for longer than the retention). AUTOINCREMENT remembers
         # the highest id ever given (sqlite_sequence), once an INSERT statement: with 200
-        # events a statement, 0.05-0.2 us an event. The shapes need no such memory: a shape
-        # is deleted only when no event names it.
+        # events a statement, 0.05-0.2 us an event. The shapes too: a restart overlaps the
+        # old process (draining) with the new one, and a shape id one of them cached, which
+        # the other's retention deleted, must fail the foreign key rather than name the next
+        # shape given its number (the event would be another device's).
         2: _to_v2("INTEGER", " AUTOINCREMENT", "", (
             # The copy set event_log's counter to the highest id copied; version 1's may be higher.
             "UPDATE sqlite_sequence SET seq = (SELECT MAX(seq) FROM sqlite_sequence "
@@ -164,19 +188,46 @@ _MIGRATIONS: dict[str, dict[int, tuple[str, ...]]] = {
         ),
         # An identity never gives a number twice. BIGINT for the shapes too: an INSERT that
         # meets a conflict uses up a number all the same.
-        2: _to_v2("BIGINT", "", "OVERRIDING SYSTEM VALUE ", (
-            # The next id follows the highest ever given, copied or not.
-            "SELECT setval(pg_get_serial_sequence('event_log', 'id'), GREATEST((SELECT MAX(id) FROM event_log), "
-            "pg_sequence_last_value(pg_get_serial_sequence('events', 'id')::regclass), 0) + 1, false)",
-        )),
+        2: (
+            # Instances of the fleet still on version 1 insert into the table meanwhile: they
+            # wait (EXCLUSIVE lets reports read) instead of adding rows after the copy took its
+            # snapshot, which DROP TABLE would lose. Once the view has the table's name their
+            # INSERT goes through its trigger.
+            "LOCK TABLE events IN EXCLUSIVE MODE",
+            *_to_v2("BIGINT", "", "OVERRIDING SYSTEM VALUE ", (
+                # The next id follows the highest ever given, copied or not.
+                "SELECT setval(pg_get_serial_sequence('event_log', 'id'), GREATEST((SELECT MAX(id) FROM event_log), "
+                "pg_sequence_last_value(pg_get_serial_sequence('events', 'id')::regclass), 0) + 1, false)",
+            )),
+            # Version 1's INSERT (its 19 columns, no id) into the view: a rolling upgrade of a
+            # fleet keeps the events of the instances not upgraded yet. A version 1 netblock
+            # that restarts still refuses version 2 (it reads netblock_schema when it opens).
+            "CREATE FUNCTION netblock_events_insert() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+            "DECLARE shape_id BIGINT;\n"
+            "BEGIN\n"
+            # KEY SHARE: another instance's retention skips (or waits for) the shape until the
+            # event naming it is committed.
+            f"  SELECT id INTO shape_id FROM event_shapes WHERE {_NEW_SHAPE} FOR KEY SHARE;\n"
+            "  IF NOT FOUND THEN\n"
+            f"    INSERT INTO event_shapes ({_SHAPES}) VALUES ({_NEW_VALUES}) ON CONFLICT DO NOTHING;\n"
+            f"    SELECT id INTO shape_id FROM event_shapes WHERE {_NEW_SHAPE} FOR KEY SHARE;\n"
+            "  END IF;\n"
+            "  INSERT INTO event_log (ts, shape, name, rule) VALUES (NEW.ts, shape_id, NEW.name, NEW.rule);\n"
+            "  RETURN NEW;\n"
+            "END $$",
+            "CREATE TRIGGER events_insert INSTEAD OF INSERT ON events "
+            "FOR EACH ROW EXECUTE FUNCTION netblock_events_insert()",
+        ),
     },
 }
 
 
 @functools.cache
 def _insert_sql(placeholder: str, rows: int) -> str:
-    """INSERT of many rows in one statement. In SQLite a statement a row (executemany) cost
-    nearly twice as much, half of the difference AUTOINCREMENT's bookkeeping."""
+    """INSERT of `rows` rows in one statement. In SQLite a statement a row (executemany) cost
+    nearly twice as much, half of the difference AUTOINCREMENT's bookkeeping. Only two sizes
+    are used (INSERT_ROWS and 1): each distinct statement is prepared and cached by the
+    driver (psycopg keeps 100, sqlite3 128), and a size a batch would churn those caches."""
     row = f"({', '.join([placeholder] * 4)})"
     return f"INSERT INTO event_log (ts, shape, name, rule) VALUES {', '.join([row] * rows)}"
 
@@ -223,6 +274,13 @@ class EventStore:
                                  f"(this one knows {SCHEMA_VERSION}); refusing to touch it")
             if version == 0 and not create:
                 raise StoreError(f"{self.describe()}: no netblock events here (schema version {version})")
+            migrating = create and 0 < version < SCHEMA_VERSION
+            if migrating:
+                cur.execute("SELECT COUNT(*) FROM events")
+                log.info("events: migrating the event store %s from schema %d to %d (%d events); DNS answers "
+                         "meanwhile, events wait in the queue", self.describe(), version, SCHEMA_VERSION,
+                         cur.fetchone()[0])
+                started, old = time.monotonic(), version
             if create and version < SCHEMA_VERSION:
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[self.kind][step]:
@@ -234,6 +292,9 @@ class EventStore:
             # table has the columns of version 2's view. The server migrates it when it starts.
             self.version = version
             self.conn.commit()
+            if migrating:
+                log.info("events: migrated the event store %s from schema %d to %d in %.1f s", self.describe(), old,
+                         SCHEMA_VERSION, time.monotonic() - started)
         except Exception:
             self._rollback()
             raise
@@ -275,9 +336,12 @@ class EventStore:
             for ts, shape, name, rule in rows:
                 values += (ts, known.get(shape) or self._shape_id(cur, shape), name, rule)  # ids start at 1
             step = INSERT_ROWS * 4
-            for start in range(0, len(values), step):
-                chunk = values[start : start + step]
-                cur.execute(_insert_sql(self.placeholder, len(chunk) // 4), chunk)
+            whole = len(values) - len(values) % step
+            for start in range(0, whole, step):
+                cur.execute(_insert_sql(self.placeholder, INSERT_ROWS), values[start : start + step])
+            if whole < len(values):  # the rest a row at a time: two statements in all, whatever the batch
+                rest = values[whole:]
+                cur.executemany(_insert_sql(self.placeholder, 1), [rest[i : i + 4] for i in range(0, len(rest), 4)])
             self.conn.commit()
         except Exception:
             self._rollback()
@@ -293,26 +357,37 @@ class EventStore:
             cur.execute(self._add_shape_sql, shape)
             cur.execute(self._find_shape_sql, shape)
             found = cur.fetchone()
-        known = self._shape_ids
-        if len(known) >= SHAPE_IDS_MAX:
-            for oldest in list(itertools.islice(known, SHAPE_IDS_MAX // 2)):
-                del known[oldest]
-        known[shape] = found[0]
+        make_room(self._shape_ids, SHAPE_IDS_MAX)
+        self._shape_ids[shape] = found[0]
         return int(found[0])
 
     def _shape_gone(self, exc: Exception) -> bool:
         """True if a write failed because an event named a shape that no longer exists."""
         return False
 
+    # The shapes no event names. SQLite has one writer at a time: nothing can name them meanwhile.
+    _unused_shapes_sql = ("DELETE FROM event_shapes WHERE NOT EXISTS "
+                          "(SELECT 1 FROM event_log WHERE event_log.shape = event_shapes.id)")
+
     def purge(self, before: float) -> int:
-        """Delete events older than `before` (retention), then the shapes no event names."""
+        """Delete events older than `before` (retention), then the shapes no event names.
+
+        Two transactions: the events' deletion stands even when the shapes' fails. Another
+        writer may name a shape being deleted (PostgreSQL: _unused_shapes_sql skips the shapes
+        an uncommitted event names; one committed after this transaction looked fails the
+        foreign key): those shapes are left to the next pass."""
         try:
             cur = self.conn.cursor()
             cur.execute(f"DELETE FROM event_log WHERE ts < {self.placeholder}", (before,))
             removed = int(cur.rowcount or 0)
-            cur.execute("DELETE FROM event_shapes WHERE NOT EXISTS "
-                        "(SELECT 1 FROM event_log WHERE event_log.shape = event_shapes.id)")
             self.conn.commit()
+            try:
+                cur.execute(self._unused_shapes_sql)
+                self.conn.commit()
+            except Exception as exc:
+                if not self._shape_gone(exc):
+                    raise
+                self._rollback()
             return removed
         except Exception:
             self._rollback()
@@ -354,15 +429,24 @@ class SqliteStore(EventStore):
             raise StoreError(f"{path}: no events database here")
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # One thread writes; check_same_thread off because start() opens it for the thread.
+            # One thread at a time: check_same_thread off so that stop() can close what the writer opened.
             self.conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast commits
             self.conn.execute("PRAGMA busy_timeout=10000")
             self._migrate(create)
+            # After the migration (its copy is consistent by construction) and outside a
+            # transaction (where the pragma does nothing): an event naming a shape another
+            # writer of this file deleted fails, and is written again (_shape_gone).
+            self.conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"{path}: {exc}") from None
+
+    def _shape_gone(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and (
+            getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_FOREIGNKEY"
+            or "FOREIGN KEY constraint failed" in str(exc))
 
     def _lock(self, cur: Any) -> None:
         if self.conn.in_transaction:
@@ -396,8 +480,12 @@ class PostgresStore(EventStore):
             raise StoreError(f"{self.describe()}: {exc}".strip()) from None
 
     def _shape_gone(self, exc: Exception) -> bool:
-        # PostgreSQL keeps the foreign key (SQLite is not asked to: only this process writes there).
         return isinstance(exc, self._foreign_key_violation)
+
+    # The shapes no event names, but not those an uncommitted event of another instance names
+    # (its foreign-key check holds a KEY SHARE lock on them): skipped, not waited for.
+    _unused_shapes_sql = ("DELETE FROM event_shapes WHERE id IN (SELECT s.id FROM event_shapes s WHERE NOT EXISTS "
+                          "(SELECT 1 FROM event_log l WHERE l.shape = s.id) FOR UPDATE SKIP LOCKED)")
 
     def floor(self, expression: str) -> str:
         return f"FLOOR({expression})"  # a CAST rounds in PostgreSQL
