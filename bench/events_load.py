@@ -92,7 +92,8 @@ def main() -> int:
         if not args.postgres:
             with sqlite3.connect(nb.dir / "events.db") as conn:
                 stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        jsonl_lines = sum(1 for _ in (nb.dir / "events.jsonl").open("rb"))
+        # The file and its rotated copies (events.jsonl.1 ...): ~1 KB a line fills 100 MB quickly.
+        jsonl_lines = sum(sum(1 for _ in path.open("rb")) for path in nb.dir.glob("events.jsonl*"))
     summary = {
         "qps": args.qps, "seconds": args.seconds, "dnsperf_seconds": round(sent_for, 1),
         "blocked_answers": blocked_answers, "queries_lost": int(lost.group(1)) if lost else None,
