@@ -203,7 +203,7 @@ def render(data: dict[str, Any]) -> str:
     if sc:
         lines += [
             "### List scale (in-process: netblock.policy load_list + compile_policy, "
-            "fresh interpreter per size)",
+            "a fresh interpreter per size and round, medians of the rounds)",
             "",
             "| Names | load s (parse + compile) | RSS added MiB | lookup miss ns (5 labels) "
             "| lookup hit ns |",

@@ -602,7 +602,7 @@ def main() -> int:
                 procs.stop(sv.proc)
         if "scale" not in skip:
             print("bench: list scale")
-            data["scale"] = scale.run(workdir, s.sizes, str(servers.VENV_PYTHON))
+            data["scale"] = scale.run(workdir, s.sizes, str(servers.VENV_PYTHON), s.rounds)
         if "inspector" not in skip:
             inspector_stage(workdir, s, data, findings)
         if "reload" not in skip and "netblock" in wanted:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -88,17 +89,33 @@ def write_list(root: Path, size: int) -> Path:
     return path
 
 
-def run(root: Path, sizes: tuple[int, ...], python: str, timeout: float = 600) -> list[dict[str, object]]:
-    results = []
+def run(root: Path, sizes: tuple[int, ...], python: str, rounds: int = 1,
+        timeout: float = 600) -> list[dict[str, object]]:
+    """Each size measured `rounds` times, the sizes in turn within a round (a noisy minute
+    on the box then touches every size), each in a fresh interpreter with its own hash
+    seed and so its own layout of the tables; the median of each figure."""
+    measured: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
+    errors: dict[int, str] = {}
+    for _ in range(rounds):
+        for size in sizes:
+            if size in errors:
+                continue
+            path = write_list(root, size)
+            out = subprocess.run(
+                [python, __file__, str(size), str(path)], capture_output=True, text=True, timeout=timeout
+            )
+            if out.returncode != 0:
+                errors[size] = out.stderr.strip()[-500:]
+                continue
+            measured[size].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results: list[dict[str, object]] = []
     for size in sizes:
-        path = write_list(root, size)
-        out = subprocess.run(
-            [python, __file__, str(size), str(path)], capture_output=True, text=True, timeout=timeout
-        )
-        if out.returncode != 0:
-            results.append({"size": size, "error": out.stderr.strip()[-500:]})
+        if size in errors:
+            results.append({"size": size, "error": errors[size]})
             continue
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs = measured[size]
+        medians: dict[str, object] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        results.append({**medians, "rounds": len(runs)})
     return results
 
 
