@@ -226,14 +226,8 @@ def fresh_database(pg: Postgres, name: str) -> str:
 
 def test_migration_from_version_1(postgres: Postgres) -> None:
     dsn = fresh_database(postgres, "netblock_v1")
-    with psycopg.connect(dsn) as conn:  # as netblock with schema version 1 left it
-        conn.execute("CREATE TABLE netblock_schema (version INTEGER NOT NULL)")
-        for statement in store_module._MIGRATIONS["postgres"][1]:
-            conn.execute(statement)
-        conn.execute("INSERT INTO netblock_schema (version) VALUES (1)")
-        with conn.cursor() as cur:
-            cur.executemany(f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})",
-                            v1_rows())
+    make_v1(dsn)
+    with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM events WHERE id IN (3, 17, 40, 41)")  # 41, 40: the newest went
 
     reader = open_store(dsn, create=False)  # a report reads version 1 as it is, and leaves it so
