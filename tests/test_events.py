@@ -455,6 +455,21 @@ def test_repeated_events_keep_their_own_time_and_the_current_device_name(tmp_pat
     assert docs[0]["dns"] == docs[2]["dns"] == {"question": {"name": "weixin.qq.com.", "type": "A"}, "type": "query"}
 
 
+def test_rendered_names_are_kept_within_their_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wire names are rendered once and kept, for the names devices repeat; the bound holds
+    and names rendered from the cache read as from_wire reads them."""
+    monkeypatch.setattr(events_module, "NAMES_MAX", 4)
+    rec = EventRecorder(tmp_path / "e.jsonl", 10_000, "unit")
+    wires = [b"\x01" + bytes([ord("a") + i]) + b"\x03dot\x01.\x02qq\x03com\x00" for i in range(10)]
+    batch: list[events_module.RawEvent] = [(1.0, "10.0.0.1", "", wire, 1, BLOCK, "query", "udp")
+                                           for wire in wires + wires[-3:] * 2]
+    rec.write_batch(batch)
+    assert 0 < len(rec._names) <= 4
+    assert [d["dns"]["question"]["name"] for d in read_lines(tmp_path / "e.jsonl")] == [  # type: ignore[index]
+        from_wire(event[3]) for event in batch]  # type: ignore[arg-type]
+    assert from_wire(wires[0]) == "a.dot.\\..qq.com."
+
+
 @pytest.mark.parametrize("name", ["weixin.qq.com.", "a\\.b.weixin.qq.com.", 'q"uote\\\\.example.', "\\000x.cn.",
                                   "bücher.example", "\U0001f600.example", "ctl\x01.example", "100%.example.",
                                   "del\x7f.example", "q\"uote.example", ""])

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 WRITER_NICE = 10
 SHAPES_MAX = 10_000  # rendered event shapes kept
+NAMES_MAX = 10_000  # query names kept rendered: a device beacons to the same few endpoints
 IDENTITIES_MAX = 10_000  # clients named by IP alone when there is no identifier
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class EventRecorder:
         self._next_retention = 0.0
         self._next_connect = 0.0
         self._by_ip: dict[tuple[str, str], Identity] = {}
+        self._names: dict[bytes, str] = {}  # wire name -> presentation form
         self._shapes: dict[tuple[object, ...], _Shape | _Whole | None] = {}  # None: seen once
 
     @classmethod
@@ -341,10 +343,15 @@ class EventRecorder:
         lines: list[str] = []
         device_blocked = self.stats.device_blocked if (self.stats is not None and self.per_device) else None
         to_store, to_file = self.store_sink is not None, self.jsonl_sink is not None
+        names = self._names
         for event in batch:
             ts, client_ip, mac, name, qtype, rule, stage, protocol = event
             if name.__class__ is bytes:  # rendered once here for both sinks
-                event = (ts, client_ip, mac, from_wire(name), qtype, rule, stage, protocol)
+                text = names.get(name)
+                if text is None:
+                    make_room(names, NAMES_MAX)
+                    text = names[name] = from_wire(name)
+                event = (ts, client_ip, mac, text, qtype, rule, stage, protocol)
             identity = self.identify(client_ip, mac)
             if device_blocked is not None and identity.device.in_inventory:
                 device = identity.device.name
