@@ -393,3 +393,9 @@ def test_exact_and_below_entries_for_one_name_keep_their_answers(tmp_path: Path)
         top, below = policy.match_name("x.example"), policy.match_name("a.x.example")
         assert top is not None and top.response.mode == "nxdomain"
         assert below is not None and below.response.mode == "nodata" and below.pattern == "x.example"
+
+
+def test_nameset_text_of_odd_bytes_is_escaped_not_an_error() -> None:
+    # A hit matches by hash, not bytes: the text of a query name must never raise.
+    assert NameSet.text(b"\x06weixin\x02qq\x03com\x00") == "weixin.qq.com"
+    assert NameSet.text(b"\x03a\xffb\x02qq\x00") == "a\\xffb.qq"

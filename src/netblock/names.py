@@ -65,10 +65,11 @@ def from_wire(wire: bytes) -> str:
     # ones put there. Checked in place: cheaper than a list of labels and two joins.
     if text.count(b".") < labels and not text.translate(None, _HOST_OCTETS):
         return text.decode("ascii") + "."
-    return ".".join(raw.decode("ascii") if _PLAIN.fullmatch(raw) else escape_label(raw) for raw in _labels(wire)) + "."
+    return ".".join(raw.decode("ascii") if _PLAIN.fullmatch(raw) else escape_label(raw)
+                    for raw in wire_labels(wire)) + "."
 
 
-def _labels(wire: bytes) -> list[bytes]:
+def wire_labels(wire: bytes) -> list[bytes]:
     """The labels of an uncompressed wire name, up to the root label or the end of the bytes."""
     labels = []
     i = 0

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zlib import crc32
 
-from netblock.names import NameError_, normalise
+from netblock.names import NameError_, normalise, wire_labels
 from netblock.policy.lists import Entry
 from netblock.yamlsrc import SourceError, line_of
 
@@ -209,13 +209,7 @@ class NameSet:
         text labels, since no label of a held name holds a dot or needs escaping
         (names.from_wire checks every label). The lookup matches by hash, not bytes: should a
         query's name ever pass for a held one, odd bytes come out escaped, never raise."""
-        labels = []
-        offset = 0
-        while length := wire[offset]:
-            offset += 1
-            labels.append(wire[offset : offset + length])
-            offset += length
-        return b".".join(labels).decode("ascii", "backslashreplace")
+        return b".".join(wire_labels(wire)).decode("ascii", "backslashreplace")
 
     def items(self) -> Iterator[tuple[bytes, int]]:
         """(wire name, tag) in source order: the blob's names end at their root byte, the
