@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -317,6 +318,21 @@ def test_unopenable_store_is_logged_and_retried(tmp_path: Path, caplog: pytest.L
     assert len(errors) == 1 and "cannot write to the event store" in errors[0], errors  # once, not per batch
     assert "file is not a database" in errors[0]
     assert len(read_lines(tmp_path / "e.jsonl")) == 1  # the JSON lines still got it
+
+
+def test_store_whose_directory_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file where the database's directory should be")
+    target = str(tmp_path / "file" / "events" / "e.db")
+    with pytest.raises(StoreError, match=re.escape(target)):
+        open_store(target)  # `netblock report` says this, not a traceback
+    rec = EventRecorder(None, 1000, "unit", store=target, flush_interval=0.02)
+    rec.start()
+    try:
+        rec.record(time.time(), "10.1.1.1", "", "weixin.qq.com.", 1, BLOCK, "query", "udp")
+        assert wait_until(lambda: rec.dropped == 1)  # counted, and the writer lives on
+        assert rec._thread is not None and rec._thread.is_alive()
+    finally:
+        rec.stop()
 
 
 # ---------------------------------------------------------------- a full filesystem

@@ -20,10 +20,10 @@ import pytest
 
 from netblock import store as store_module
 from netblock.events import EventRecorder
-from netblock.store import COLUMNS, SCHEMA_VERSION, PostgresStore, StoreError, open_store, wide
+from netblock.store import COLUMNS, SCHEMA_VERSION, EventStore, PostgresStore, StoreError, open_store
 from test_events import BLOCK
 from test_events_server import write_lists
-from test_store import T0, events_cli, report_of, shape, v1_rows
+from test_store import T0, events_cli, report_of, shape, v1_rows, wide
 
 from harness import REPO, Netblock, Nsd, free_port, wait_for
 
@@ -366,16 +366,23 @@ def test_version_1_inserts_during_the_migration_are_kept(postgres: Postgres, mon
         store.close()
 
 
+def uncommitted_event_on_an_old_shape(writer: EventStore) -> int:
+    """An old event, then a new one naming its shape, not committed: it holds the shape
+    (KEY SHARE) while retention wants to remove it. The shape's id."""
+    writer.write([(1.0, shape(), "old.example.", "old.example")])
+    [(shape_id,)] = writer.query("SELECT id FROM event_shapes")
+    writer.conn.execute("INSERT INTO event_log (ts, shape, name, rule) VALUES (%s, %s, 'new.example.', 'r')",
+                        (T0, shape_id))
+    return int(shape_id)
+
+
 def test_retention_beside_an_uncommitted_event_naming_its_shape(postgres: Postgres) -> None:
     """Another instance's event naming a shape retention would remove (its only events are
     old) is not yet committed: the old events go at once, the shape stays."""
     dsn = fresh_database(postgres, "netblock_purge_race")
     writer, other = open_store(dsn), open_store(dsn)
     try:
-        writer.write([(1.0, shape(), "old.example.", "old.example")])
-        [(shape_id,)] = writer.query("SELECT id FROM event_shapes")
-        writer.conn.execute("INSERT INTO event_log (ts, shape, name, rule) VALUES (%s, %s, 'new.example.', 'r')",
-                            (T0, shape_id))  # not committed: holds the shape (KEY SHARE)
+        shape_id = uncommitted_event_on_an_old_shape(writer)
         purged: list[int] = []
         purging = threading.Thread(target=lambda: purged.append(other.purge(T0)))
         purging.start()
@@ -399,10 +406,7 @@ def test_retention_keeps_its_deletions_when_a_shape_is_named_meanwhile(postgres:
     dsn = fresh_database(postgres, "netblock_purge_fk")
     writer, other = open_store(dsn), open_store(dsn)
     try:
-        writer.write([(1.0, shape(), "old.example.", "old.example")])
-        [(shape_id,)] = writer.query("SELECT id FROM event_shapes")
-        writer.conn.execute("INSERT INTO event_log (ts, shape, name, rule) VALUES (%s, %s, 'new.example.', 'r')",
-                            (T0, shape_id))
+        shape_id = uncommitted_event_on_an_old_shape(writer)
         purged: list[int | BaseException] = []
 
         def purge() -> None:

@@ -20,12 +20,18 @@ from netblock import events as events_module
 from netblock import store as store_module
 from netblock.events import EventRecorder
 from netblock.report import build_report, render_csv, render_table
-from netblock.store import COLUMNS, SCHEMA_VERSION, SHAPE_COLUMNS, EventStore, Row, StoreError, open_store, wide
+from netblock.store import COLUMNS, SCHEMA_VERSION, SHAPE_COLUMNS, EventStore, Row, StoreError, open_store
 from test_events import BLOCK, wait_until
 
 from harness import REPO
 
 T0 = 1_764_316_800.0
+
+
+def wide(row: Row) -> tuple[Any, ...]:
+    """A row as the `events` view shows it (the values of COLUMNS)."""
+    ts, shape, name, rule = row
+    return (ts, *shape[:8], name, *shape[8:11], rule, *shape[11:])
 
 
 def shape(device: str = "desk-1", instance: str = "edge-1", stage: str = "query") -> tuple[Any, ...]:
@@ -155,7 +161,7 @@ def test_rows_through_the_view_are_the_version_1_rows(tmp_path: Path) -> None:
     assert cursor.fetchall() == [(1, 1_700_000_000.5, "edge-1", "10.0.0.7", 0, "", "", "ip", "10.0.0.7",
                                   "aa:bb:cc:dd:ee:01", "a.b\\.c.cn.", "AAAA", "wechat", "Tencent WeChat (Weixin)",
                                   "weixin.qq.com", "wechat.yaml:12", "sni", "block", "GOV-1", "tcp")]
-    assert wide((1.0, shape(), "n.", "r")) == (1.0, *shape()[:8], "n.", *shape()[8:11], "r", *shape()[11:])
+    assert wide(("ts", SHAPE_COLUMNS, "name", "rule")) == COLUMNS  # the helper agrees with the view
 
 
 def test_shapes_are_stored_once(tmp_path: Path) -> None:

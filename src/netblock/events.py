@@ -401,7 +401,7 @@ class EventRecorder:
                 return None
             try:
                 self.store = open_store(self.store_target)
-            except Exception as exc:  # StoreError, or an OSError making its directory
+            except Exception as exc:  # StoreError; anything else must not end the writer either
                 self.store_sink.failed(count, exc)
                 return None
             finally:
@@ -484,7 +484,7 @@ _MILLIS = [f".{millis:03d}Z" for millis in range(1000)]  # a table: formatting e
 # Placeholders for what varies between events of one shape (rendered names hold no NUL).
 _NAME, _PATTERN = "\x00name\x00", "\x00pattern\x00"
 _PLACEHOLDER_IN_JSON = re.compile(r"\\u0000(name|pattern)\\u0000")
-# Where to_document puts them: the message, dns.question.name, the message, rule.name.
+# Where to_document puts them: the message (name, then pattern), dns.question.name, rule.name.
 _PLACES_IN_JSON = ["name", "pattern", "name", "pattern"]
 
 

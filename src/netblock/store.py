@@ -54,16 +54,6 @@ Shape = tuple[Any, ...]  # values of SHAPE_COLUMNS
 Row = tuple[float, Shape, str, str]  # what the writer hands over: (ts, shape, name, rule)
 
 
-def wide(row: Row) -> tuple[Any, ...]:
-    """A row as the `events` view shows it (the values of COLUMNS)."""
-    ts, shape, name, rule = row
-    return (ts, *shape[:8], name, *shape[8:11], rule, *shape[11:])
-
-
-if wide(("ts", SHAPE_COLUMNS, "name", "rule")) != COLUMNS:  # type: ignore[arg-type]
-    raise ImportError("store.wide() and the column lists disagree")
-
-
 def make_room(cache: dict[Any, Any], limit: int) -> None:
     """Before adding to a bounded cache: when it is full, forget its older half (a dict keeps
     the order keys were added in). Cheaper than an LRU on every hit, and as good for caches
@@ -227,7 +217,8 @@ def _insert_sql(placeholder: str, rows: int) -> str:
     """INSERT of `rows` rows in one statement. In SQLite a statement a row (executemany) cost
     nearly twice as much, half of the difference AUTOINCREMENT's bookkeeping. Only two sizes
     are used (INSERT_ROWS and 1): each distinct statement is prepared and cached by the
-    driver (psycopg keeps 100, sqlite3 128), and a size a batch would churn those caches."""
+    driver (psycopg keeps 100, sqlite3 128), and one statement per batch size would churn
+    those caches."""
     row = f"({', '.join([placeholder] * 4)})"
     return f"INSERT INTO event_log (ts, shape, name, rule) VALUES {', '.join([row] * rows)}"
 
@@ -324,7 +315,8 @@ class EventStore:
         except Exception as exc:
             if not self._shape_gone(exc):
                 raise
-            # Another instance of a fleet deleted a shape (retention) this one had cached:
+            # Another writer (a fleet's instance, or the other process of a restart) deleted a
+            # shape (retention) this one had cached:
             # the cache is empty now, and the batch is written with the shapes looked up again.
             self._write(rows)
 
@@ -357,9 +349,10 @@ class EventStore:
             cur.execute(self._add_shape_sql, shape)
             cur.execute(self._find_shape_sql, shape)
             found = cur.fetchone()
+        shape_id = int(found[0])
         make_room(self._shape_ids, SHAPE_IDS_MAX)
-        self._shape_ids[shape] = found[0]
-        return int(found[0])
+        self._shape_ids[shape] = shape_id
+        return shape_id
 
     def _shape_gone(self, exc: Exception) -> bool:
         """True if a write failed because an event named a shape that no longer exists."""
@@ -439,7 +432,7 @@ class SqliteStore(EventStore):
             # transaction (where the pragma does nothing): an event naming a shape another
             # writer of this file deleted fails, and is written again (_shape_gone).
             self.conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:  # OSError: its directory cannot be made
             self.close()
             raise StoreError(f"{path}: {exc}") from None
 
@@ -449,8 +442,6 @@ class SqliteStore(EventStore):
             or "FOREIGN KEY constraint failed" in str(exc))
 
     def _lock(self, cur: Any) -> None:
-        if self.conn.in_transaction:
-            self.conn.commit()
         cur.execute("BEGIN IMMEDIATE")  # the write lock now; another netblock waits (busy_timeout)
 
     def describe(self) -> str:
