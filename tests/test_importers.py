@@ -399,3 +399,40 @@ def test_nameset_text_of_odd_bytes_is_escaped_not_an_error() -> None:
     # A hit matches by hash, not bytes: the text of a query name must never raise.
     assert NameSet.text(b"\x06weixin\x02qq\x03com\x00") == "weixin.qq.com"
     assert NameSet.text(b"\x03a\xffb\x02qq\x00") == "a\\xffb.qq"
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 8, 9, 24, 25])
+def test_zeroed_words_and_joined_build_in_chunks_what_one_call_would(monkeypatch: pytest.MonkeyPatch,
+                                                                     count: int) -> None:
+    """Big buffers are filled a chunk per C call (answers wait behind one long call); the
+    result is the same as the single call's, whatever the count's remainder."""
+    monkeypatch.setattr(importers, "_FRESH", 64)  # 8 words a chunk
+    words = importers.zeroed_words(count)
+    assert words.typecode == "Q" and len(words) == count and not any(words)
+    pieces = [bytes([i]) * i for i in range(count)]
+    assert importers.joined(iter(pieces)) == b"".join(pieces)
+
+
+def test_file_includes_are_decoded_and_parsed_a_piece_at_a_time(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """A file is decoded in pieces that end at line ends; names, warnings with their line
+    numbers, a BOM, CR LF and RPZ records spanning lines come out as from the whole text."""
+    text = "\ufeff" + "".join(f"{i}.münchen.example\n" if i % 5 else "bad name!\n" for i in range(60))
+    rpz = RPZ.replace("\r\n", "\n")
+    whole, whole_rpz = parse_text(text, "plain", "x"), parse_text(rpz, "rpz", "zone.rpz")  # one piece each
+    monkeypatch.setattr(importers, "_CHUNK", 16)
+    data = text.replace("\n", "\r\n").encode()
+    pieces = importers.decoded_pieces(data)
+    assert len(pieces) > 20 and "".join(pieces) == data.decode()
+    assert all(piece.endswith("\n") and len(piece.encode()) < 16 + 30 for piece in pieces)
+    parsed = importers.parse_pieces(pieces, "plain", "x")
+    assert parsed.names == whole.names and len(parsed.names[SUBTREE]) == 48
+    assert [w.line for w in parsed.warnings] == [w.line for w in whole.warnings] == list(range(1, 61, 5))
+    by_pieces = importers.parse_pieces(importers.decoded_pieces(rpz.encode()), "rpz", "zone.rpz")
+    assert by_pieces.names == whole_rpz.names
+    assert [w.line for w in by_pieces.warnings] == [w.line for w in whole_rpz.warnings]
+    with pytest.raises(UnicodeDecodeError):
+        importers.decoded_pieces(b"ok.example\n" * 3 + b"\xff.example\n")
+    (tmp_path / "feed.txt").write_bytes(b"ok.example\n" * 3 + b"\xff.example\n")
+    lst, errors = load_list(_write(tmp_path, "l.yaml", "name: l\ninclude:\n  - {path: feed.txt, format: plain}\n"))
+    assert lst is None and [(e.line, "not UTF-8 text" in e.message) for e in errors] == [(3, True)]

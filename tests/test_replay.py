@@ -194,3 +194,40 @@ def test_a_query_padded_with_junk_is_answered_but_not_remembered(clock: Clock) -
     answer = server.handle(padded, CLIENT, "udp")
     assert isinstance(answer, bytes) and answer[3] & 0x0F == wire.NXDOMAIN
     assert not server.packets and not server.policy_packets
+
+
+def test_a_reload_thread_frees_the_old_answers_while_the_loop_serves_the_new_policy() -> None:
+    """Swapped from a reload thread: the loop only takes the policy and empty tables; the
+    tables of the old answers are emptied afterwards, in the reload thread."""
+    import asyncio
+    import threading
+
+    from netblock.policy.match import Policy
+
+    server = _server()
+    server.holder.load_initial()
+    for i in range(150):
+        server.handle(_query(f"n{i}.weixin.qq.com", 1), CLIENT, "udp")
+    old_cache, old_policy_packets = server.cache.entries, server.policy_packets
+    cached = len(old_cache)
+    assert len(old_policy_packets) == 150
+    install = server._install
+    seen: list[tuple[str, list[int]]] = []
+
+    def watched_install(policy: Policy) -> list[dict[object, object]]:
+        held = install(policy)
+        seen.append((threading.current_thread().name, [len(table) for table in held]))
+        return held
+
+    server._install = watched_install  # type: ignore[method-assign]
+
+    async def swap() -> None:
+        server.loop = asyncio.get_running_loop()
+        blank = Policy()
+        await server.loop.run_in_executor(None, server._on_swap, blank)
+        assert server.policy is blank
+
+    asyncio.run(swap())
+    assert seen == [("MainThread", [cached, 0, 150])]  # on the loop: handed over whole
+    assert not old_policy_packets and not old_cache and not server.policy_packets and not server.packets
+    assert isinstance(server.handle(_query("n1.weixin.qq.com", 1), CLIENT, "udp"), wire.Query)  # not replayed

@@ -91,5 +91,8 @@ class AnswerCache:
             self.entries.popitem(last=False)
             self.stats.cache_evictions += 1
 
-    def clear(self) -> None:
-        self.entries.clear()
+    def clear(self) -> OrderedDict[CacheKey, Entry]:
+        """Start empty; the entries held until now are returned, for the caller to free
+        where a long free does not stop answering."""
+        held, self.entries = self.entries, OrderedDict()
+        return held

@@ -9,6 +9,7 @@ and appends event tuples; everything slow runs in threads.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import ipaddress
 import itertools
@@ -45,6 +46,8 @@ RECEIVE_BUFFER = 4 * 1024 * 1024  # octets: a burst of queries waits here, not d
 REMEMBER_MAX = 512  # octets
 ANSWER_SLOT = 4096  # octets: the largest UDP answer _fit() lets out (server.udp_payload <= 4096)
 FULL_COLLECTION_EVERY = 100  # middle-generation collections (CPython's default: 10)
+SWAP_WAIT = 5.0  # seconds a reload thread waits for the loop to take a new policy
+FREE_SLICE = 4096  # entries freed per C call beside the loop
 
 
 def settle_collector() -> None:
@@ -60,6 +63,13 @@ def settle_collector() -> None:
     # µs/q). Young cycles are still collected at once.
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class DnsServer:
@@ -393,17 +403,32 @@ class DnsServer:
     # ------------------------------------------------------------------ policy
 
     def _on_swap(self, policy: Policy) -> None:
-        """Called by the policy holder, possibly from a worker thread."""
-        if self.loop is None or not self.loop.is_running():
+        """Called by the policy holder, from a reload thread or, at start-up, the loop."""
+        loop = self.loop
+        if loop is None or not loop.is_running() or _running_loop() is loop:
             self._install(policy)
-        else:
-            self.loop.call_soon_threadsafe(self._install, policy)
+            return
+        # The loop swaps in the policy and empty tables; the answers remembered under the
+        # old policy (~100,000) are freed here, a slice at a time: freed on the loop in one
+        # C call, they stopped answering for ~11 ms.
+        swapped: concurrent.futures.Future[list[dict[Any, Any]]] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(lambda: swapped.set_result(self._install(policy)))
+        try:
+            held = swapped.result(timeout=SWAP_WAIT)
+        except concurrent.futures.TimeoutError:  # the loop is stopping: it frees them at exit
+            return
+        for table in held:
+            while table:
+                for key in list(itertools.islice(table, FREE_SLICE)):
+                    del table[key]
 
-    def _install(self, policy: Policy) -> None:
+    def _install(self, policy: Policy) -> list[dict[Any, Any]]:
+        """Serve this policy from now on. Answers decided and inspected under the old one go;
+        the tables that held them are returned."""
         self.policy = policy
-        self.cache.clear()  # answers were decided and inspected under the old policy
-        self.packets.clear()
-        self.policy_packets.clear()
+        held: list[dict[Any, Any]] = [self.cache.clear(), self.packets, self.policy_packets]
+        self.packets, self.policy_packets = {}, {}
+        return held
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import ipaddress
 import re
 import sys
@@ -51,7 +52,7 @@ KIND_NAMES = {EXACT: "exact", SUBTREE: "subtree", BELOW: "below"}
 NODATA = 4
 
 MAX_NAMES = 1 << 24  # in one NameSet (and at most 2^25 slots: the odds in NameSet's docstring)
-_SLICE = 1 << 16  # items per C call while building: each holds the GIL only a few ms
+_SLICE = 1 << 14  # items per C call while building: each holds the GIL only a few ms
 Key = TypeVar("Key", bound=Hashable)
 _PART = 1 << 18  # names per dedupe dict (plus one slice at most): its last resize copies this many
 HASH_MASK = (1 << 64) - 1  # Python's hash as an unsigned 64-bit value
@@ -78,8 +79,8 @@ def wires_of(names: list[str]) -> list[bytes]:
     so the only zero bytes are the terminators, where the blob is cut back into names.
     """
     wires: list[bytes] = []
-    for start in range(0, len(names), 32768):
-        batch = names[start : start + 32768]
+    for start in range(0, len(names), _SLICE):
+        batch = names[start : start + _SLICE]
         labels = "\n".join(batch).encode("ascii").replace(b"\n", b"..").split(b".")
         labels.append(b"")
         parts: list[bytes] = [b""] * (2 * len(labels))
@@ -112,6 +113,33 @@ def release(items: list[Any]) -> None:
     the GIL for tens of ms: answers would wait behind a reload."""
     while items:
         del items[-_SLICE:]
+
+
+# Fresh memory is filled a chunk per C call, too. Writing a page for the first time faults
+# it in, and on a VM whose host has taken freed pages back a fault can cost ~10 µs: one
+# `array * n` for a 32 MB table held the GIL for 99 ms in a bench reload (13-23 ms when the
+# pages came cheap), and every answer waited behind it.
+_FRESH = 1 << 19  # octets: 128 pages
+
+
+def zeroed_words(count: int) -> array[int]:
+    """`count` 64-bit zeros, written a chunk at a time (growing by realloc moves pages
+    without touching them)."""
+    words = array("Q")
+    step = _FRESH // 8
+    zeros = array("Q", bytes(8 * min(count, step)))
+    for start in range(0, count, step):
+        words.extend(zeros if count - start >= step else zeros[: count - start])
+    return words
+
+
+def joined(pieces: Iterable[bytes]) -> bytes:
+    """b"".join(pieces), filled a piece at a time: a BytesIO grows by realloc, and
+    getvalue() hands over its buffer without a copy."""
+    out = io.BytesIO()
+    for piece in pieces:
+        out.write(piece)
+    return out.getvalue()
 
 
 class NameSet:
@@ -162,14 +190,14 @@ class NameSet:
         self.depths = sum(1 << (count + 1) for count in dots)
         wires = wires_of(names)
         del names
-        self.blob = b"".join([b"".join(wires[start : start + _SLICE]) for start in range(0, len(wires), _SLICE)])
+        self.blob = joined(b"".join(wires[start : start + _SLICE]) for start in range(0, len(wires), _SLICE))
         self.digest = hashlib.sha256(self.blob).hexdigest()[:16]
         size = 1 << max(4, (2 * self.count - 1).bit_length())  # at most half full
         # Slot i is table[2i:2i+2]; the mask keeps a doubled hash on an even index. The
         # probe loop is written out here and in the lookups, not shared: a call per slot
         # read would cost more than the read.
         self.mask = mask = 2 * size - 2
-        self.table = table = array("Q", [0]) * (2 * size)  # no temporary copy of its size
+        self.table = table = zeroed_words(2 * size)
         every_tag = self.tags if self.tags is not None else repeat(tag, self.count)
         for value, check, length, name_tag in zip(map(hash, wires), map(crc32, wires), map(len, wires), every_tag,
                                                   strict=True):
@@ -472,47 +500,60 @@ _FAST_KIND = {"adblock": SUBTREE}
 _CHUNK = 1 << 17  # a regex pass over one chunk holds the GIL: keep it short
 
 
-def _chunks(text: str) -> Iterator[tuple[int, str]]:
-    """(first line number, chunk) pieces ending at line ends."""
-    start, line = 0, 1
+def _spans(text: str | bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of pieces of about _CHUNK that end at line ends."""
+    newline: Any = "\n" if isinstance(text, str) else b"\n"
+    start = 0
     while start < len(text):
-        end = text.find("\n", min(start + _CHUNK, len(text)))
+        end = text.find(newline, min(start + _CHUNK, len(text)))
         end = len(text) if end < 0 else end + 1
-        chunk = text[start:end]
-        yield line, chunk
-        line += chunk.count("\n")
+        yield start, end
         start = end
 
 
+def decoded_pieces(data: bytes) -> list[str]:
+    """UTF-8 text as pieces that end at line ends, decoded one at a time: a single str of a
+    30 MB file is 30 MB of fresh memory filled in one C call (see _FRESH). A newline is
+    never part of a multi-byte character, so each piece decodes on its own."""
+    view = memoryview(data)
+    return [str(view[start:end], "utf-8") for start, end in _spans(data)]
+
+
 def parse_text(text: str, fmt: str, path: str, match: str | None = None) -> Parsed:
-    """Parse a whole source; well-formed chunks take the regex path, others line by line."""
+    """Parse a whole source; see parse_pieces()."""
+    return parse_pieces((text[start:end] for start, end in _spans(text)), fmt, path, match)
+
+
+def parse_pieces(pieces: Iterable[str], fmt: str, path: str, match: str | None = None) -> Parsed:
+    """Parse a source given as pieces that end at line ends, a piece at a time (see
+    _CHUNK): well-formed pieces take the regex path, others go line by line."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     out = Parsed()
     kind = SUBTREE if (match or DEFAULT_MATCH[fmt]) == "subtree" else EXACT
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if fmt == "rpz":
-        state = _RpzState()
-        for number, line in enumerate(text.lower().split("\n"), 1):
-            _careful(_rpz_line, line, out, path, number, state)
-        return out
-    fast = _FAST[fmt]
+    fast = _FAST.get(fmt)
     fast_kind = _FAST_KIND.get(fmt, kind)
-    line_parser = {"hosts": _hosts_line, "plain": _plain_line, "adblock": _adblock_line}[fmt]
-    for first, original in _chunks(text):
-        chunk = original.lower()  # a chunk at a time, as everything here: see _CHUNK
-        found = fast.findall(chunk)
-        # One match per line, counting the empty line after a final newline.
-        if len(found) == chunk.count("\n") + 1:
+    line_parser = {"hosts": _hosts_line, "plain": _plain_line, "adblock": _adblock_line}.get(fmt)
+    state = _RpzState()
+    first = 1
+    for index, piece in enumerate(pieces):
+        if index == 0 and piece.startswith("\ufeff"):
+            piece = piece[1:]
+        if "\r" in piece:  # a piece ends after a newline: a CR LF pair is never split
+            piece = piece.replace("\r\n", "\n").replace("\r", "\n")
+        chunk = piece.lower()
+        lines = chunk.count("\n")
+        found = fast.findall(chunk) if fast is not None else None
+        if found is None:  # rpz: records can span lines (SOA), the state carries over
+            for offset, line in enumerate(chunk.split("\n")):
+                _careful(_rpz_line, line, out, path, first + offset, state)
+        elif len(found) == lines + 1:  # one match per line, and the one after a final newline
             out.names.setdefault(fast_kind, []).extend(usable(list(filter(None, found))))
-            continue
-        for offset, line in enumerate(chunk.split("\n")):
-            if _IGNORE.match(line):
-                continue
-            _careful(line_parser, line, out, path, first + offset, kind)
+        else:
+            for offset, line in enumerate(chunk.split("\n")):
+                if not _IGNORE.match(line):
+                    _careful(line_parser, line, out, path, first + offset, kind)
+        first += lines
     return out
 
 
@@ -633,13 +674,15 @@ def warnings_for(path: str) -> list[SourceError]:
         return list(_warnings.get(str(path), ()))
 
 
-def read_include(include: Include) -> str:
+def read_include(include: Include) -> list[str]:
+    """The text of an include, as pieces that end at line ends (parse_pieces)."""
     if include.is_url:
         from netblock.policy import sources
 
-        return sources.text_for(include.location, include.refresh)
+        text = sources.text_for(include.location, include.refresh)
+        return [text[start:end] for start, end in _spans(text)]
     try:
-        return Path(include.location).read_text(encoding="utf-8", errors="strict")
+        return decoded_pieces(Path(include.location).read_bytes())
     except FileNotFoundError:
         raise OSError("file not found") from None
     except UnicodeDecodeError as exc:
@@ -651,14 +694,14 @@ def load_includes(raw: list[Any], base_dir: Path, path: str) -> tuple[Imported, 
     result = Imported()
     for include in includes:
         try:
-            text = read_include(include)
+            pieces = read_include(include)
         except OSError as exc:
             errors.append(SourceError(path, include.line, f"include {include.source}: {exc}"))
             continue
-        fmt = include.format or sniff_format(include.location, text)
+        fmt = include.format or sniff_format(include.location, pieces[0] if pieces else "")
         shown = include.location if not include.is_url else include.source
-        parsed = parse_text(text, fmt, shown, include.match)
-        del text
+        parsed = parse_pieces(pieces, fmt, shown, include.match)
+        del pieces
         result.warnings.extend(parsed.warnings)
         if parsed.dropped_warnings:
             result.warnings.append(SourceError(shown, 0, f"... and {parsed.dropped_warnings} more bad lines"))
@@ -671,13 +714,16 @@ def load_includes(raw: list[Any], base_dir: Path, path: str) -> tuple[Imported, 
 def _add_parsed(result: Imported, parsed: Parsed, include: Include, fmt: str, shown: str) -> None:
     everything: list[str] = []
     tags: list[int] | None = None
-    uniform = len(parsed.names) == 1
     for tag, names in parsed.names.items():
-        everything.extend(names)
-        if not uniform:
-            tags = tags if tags is not None else []
-            tags.extend([tag] * len(names))
-        names.clear()
+        if len(parsed.names) == 1:
+            everything = names  # not copied: a million names copied in one C call hold the GIL
+            break
+        tags = tags if tags is not None else []
+        for start in range(0, len(names), _SLICE):
+            piece = names[start : start + _SLICE]
+            everything.extend(piece)
+            tags.extend(repeat(tag, len(piece)))
+        release(names)
     meta = {"source": include.source, "format": fmt, "location": include.location}
     if everything:
         nameset = NameSet(everything, tags, next(iter(parsed.names)))
