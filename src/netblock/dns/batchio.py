@@ -3,8 +3,8 @@
 The event loop's datagram endpoint makes two system calls and an address tuple per query;
 for a remembered answer that is most of the work (bench/RESULTS.md). Here one call
 receives up to BATCH queries and one call sends their answers, each addressed to the very
-sockaddr buffer its query came from. Forwarded queries are answered later with a plain
-sendto().
+sockaddr buffer its query came from and read by the kernel straight from its bytes object.
+Forwarded queries are answered later with a plain sendto().
 """
 
 from __future__ import annotations
@@ -53,9 +53,21 @@ def _libc_calls() -> tuple[Callable[..., int], Callable[..., int]] | None:
 _CALLS = _libc_calls()
 
 
+# CPython keeps a bytes object's octets inline at a fixed offset from its address
+# (PyBytesObject.ob_sval): send() points the kernel there instead of copying each answer.
+_BYTES_DATA = bytes.__basicsize__ - 1
+
+
+def _bytes_layout_known() -> bool:
+    probe = b"netblock: where a bytes object keeps its octets"
+    return ctypes.string_at(id(probe) + _BYTES_DATA, len(probe)) == probe
+
+
 def available() -> bool:
-    """recvmmsg/sendmmsg are there and the structs have the 64-bit layout send() writes."""
-    return _CALLS is not None and ctypes.sizeof(ctypes.c_void_p) == 8 and ctypes.sizeof(_IoVec) == 16
+    """recvmmsg/sendmmsg are there, the structs have the 64-bit layout send() writes and
+    bytes objects the layout it reads."""
+    return (_CALLS is not None and ctypes.sizeof(ctypes.c_void_p) == 8 and ctypes.sizeof(_IoVec) == 16
+            and _bytes_layout_known())
 
 
 _HDR = ctypes.sizeof(_MMsgHdr)
@@ -71,27 +83,23 @@ class BatchSocket:
     receive() gives a batch of (datagram, raw source); send() answers some of them by index.
     """
 
-    def __init__(self, sock: socket.socket, answer_slot: int) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         assert _CALLS is not None
         self.sock = sock
         self.fd = sock.fileno()
         self._recvmmsg, self._sendmmsg = _CALLS
         self.address_size = 16 if sock.family == socket.AF_INET else 28  # sockaddr_in / sockaddr_in6
-        self.answer_slot = answer_slot
         # Anonymous mappings: zero pages until the kernel writes a datagram into them.
         self._queries = mmap.mmap(-1, BATCH * QUERY_SLOT)
-        self._answers = mmap.mmap(-1, BATCH * answer_slot)
         self._sources = mmap.mmap(-1, BATCH * self.address_size)
         self._recv_iov = (_IoVec * BATCH)()
         self._send_iov = (_IoVec * BATCH)()
         self._recv = (_MMsgHdr * BATCH)()
         self._send = (_MMsgHdr * BATCH)()
         queries = ctypes.addressof(ctypes.c_char.from_buffer(self._queries))
-        answers = ctypes.addressof(ctypes.c_char.from_buffer(self._answers))
         self._sources_at = ctypes.addressof(ctypes.c_char.from_buffer(self._sources))
         for i in range(BATCH):
             self._recv_iov[i].base, self._recv_iov[i].len = queries + i * QUERY_SLOT, QUERY_SLOT
-            self._send_iov[i].base = answers + i * answer_slot
             for header, iov in ((self._recv[i].hdr, self._recv_iov), (self._send[i].hdr, self._send_iov)):
                 header.name = self._sources_at + i * self.address_size
                 header.namelen = self.address_size
@@ -103,7 +111,6 @@ class BatchSocket:
         self._recv_u32 = memoryview(self._recv).cast("B").cast("I")
         self._send_u64 = memoryview(self._send).cast("B").cast("Q")
         self._send_iov_u64 = memoryview(self._send_iov).cast("B").cast("Q")
-        self.answer_bytes = memoryview(self._answers)
 
     def receive(self) -> list[tuple[bytes, bytes]]:
         """The datagrams waiting, up to BATCH, each with its raw source sockaddr; none on an
@@ -120,13 +127,15 @@ class BatchSocket:
 
     def send(self, answers: list[tuple[int, bytes]]) -> tuple[int, int]:
         """Send answers, each to the source of the datagram with that index in the last
-        receive(). Answers are at most answer_slot octets. Returns how many could not be
-        sent: (the send buffer was full, the destination was refused)."""
-        slot, out, lengths, names = self.answer_slot, self.answer_bytes, self._send_iov_u64, self._send_u64
+        receive(). Returns how many could not be sent: (the send buffer was full, the
+        destination was refused)."""
+        # The iovecs point into the answers themselves: `answers` keeps them alive, and
+        # sendmmsg keeps the GIL (PyDLL) until the kernel has copied them.
+        vectors, names, sources, size = self._send_iov_u64, self._send_u64, self._sources_at, self.address_size
         for j, (i, answer) in enumerate(answers):
-            out[j * slot : j * slot + len(answer)] = answer
-            lengths[j * 2 + 1] = len(answer)
-            names[j * _HDR_QWORDS] = self._sources_at + i * self.address_size
+            vectors[2 * j] = id(answer) + _BYTES_DATA
+            vectors[2 * j + 1] = len(answer)
+            names[j * _HDR_QWORDS] = sources + i * size
         queued, sent, refused = len(answers), 0, 0
         while sent < queued:
             count = self._sendmmsg(self.fd, ctypes.byref(self._send, sent * _HDR), queued - sent, MSG_DONTWAIT)

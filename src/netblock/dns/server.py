@@ -44,7 +44,6 @@ RECEIVE_BUFFER = 4 * 1024 * 1024  # octets: a burst of queries waits here, not d
 # Queries remembered for replays are at most this long: the bytes are the key, and a query
 # padded with junk after its question must not make each entry tens of kilobytes.
 REMEMBER_MAX = 512  # octets
-ANSWER_SLOT = 4096  # octets: the largest UDP answer _fit() lets out (server.udp_payload <= 4096)
 FULL_COLLECTION_EVERY = 100  # middle-generation collections (CPython's default: 10)
 SWAP_WAIT = 5.0  # seconds a reload thread waits for the loop to take a new policy
 FREE_SLICE = 4096  # entries freed per C call beside the loop
@@ -628,7 +627,7 @@ class BatchUdpListener:
     def __init__(self, server: DnsServer, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
-        self.io = batchio.BatchSocket(sock, ANSWER_SLOT)
+        self.io = batchio.BatchSocket(sock)
         self.clients: dict[bytes, tuple[str, Any]] = {}  # raw sockaddr -> (client address, sendto address)
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(sock.fileno(), self.readable)
@@ -649,12 +648,10 @@ class BatchUdpListener:
                     continue
                 if result is None:
                     continue
-                if result.__class__ is not bytes:
-                    self.loop.create_task(self._forward(result, client[1]))  # type: ignore[arg-type]
-                elif len(result) <= ANSWER_SLOT:
+                if result.__class__ is bytes:
                     answers.append((i, result))
-                else:  # the echo of a huge malformed query
-                    self._send(result, client[1])
+                else:
+                    self.loop.create_task(self._forward(result, client[1]))  # type: ignore[arg-type]
             if answers:
                 full, refused = io.send(answers)
                 if full:
