@@ -436,3 +436,30 @@ def test_file_includes_are_decoded_and_parsed_a_piece_at_a_time(monkeypatch: pyt
     (tmp_path / "feed.txt").write_bytes(b"ok.example\n" * 3 + b"\xff.example\n")
     lst, errors = load_list(_write(tmp_path, "l.yaml", "name: l\ninclude:\n  - {path: feed.txt, format: plain}\n"))
     assert lst is None and [(e.line, "not UTF-8 text" in e.message) for e in errors] == [(3, True)]
+
+
+def test_homes_mark_where_probes_start_and_only_those_misses_reach_the_table(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    """A bit per slot says some name's probe starts there: every held name's home is set
+    and no other bit is; a policy lookup reads the table only for a name whose home is set,
+    and still finds every held name."""
+    held = [f"h{i}.held.example" for i in range(3000)]
+    absent = [f"a{i}.held.example" for i in range(3000)]
+    slots = (importers.NameSet(held).home_mask + 1) * 8
+    homes = {hash(to_wire(name)) & (slots - 1) for name in held}
+    names = importers.NameSet(held)
+    assert {i for i in range(slots) if names.homes[i >> 3] >> (i & 7) & 1} == homes
+    (tmp_path / "feed.txt").write_text("".join(f"{name}\n" for name in held))
+    lst, errors = load_list(_write(tmp_path, "l.yaml", "name: l\ninclude:\n  - {path: feed.txt, format: plain}\n"))
+    assert lst is not None and not errors
+    policy = compile_policy([lst])
+    probed: list[bytes] = []
+    find_hashed = importers.NameSet.find_hashed
+    monkeypatch.setattr(importers.NameSet, "find_hashed",
+                        lambda self, wire, value, whole: probed.append(wire) or find_hashed(self, wire, value, whole))
+    assert all(policy.match_name(name) is not None for name in held)
+    assert len(probed) == len(held)
+    probed.clear()
+    assert not any(policy.match_name(name) for name in absent)
+    expected = [to_wire(n) for n in absent if hash(to_wire(n)) & (slots - 1) in homes]
+    assert probed == expected and 0 < len(expected) < len(absent) / 2

@@ -153,6 +153,11 @@ class NameSet:
     half of the misses stop at the first. A hit reads one slot and never the name's bytes,
     which is what keeps a million-name lookup near the cost of a thousand-name one.
 
+    Most queries are misses, so before the table a lookup reads `homes`, a bit per slot
+    set where some name's probe starts (its home slot). About 60% of misses have a home no
+    name has and stop there, in 256 KB for a million names (it stays in L2) instead of the
+    32 MB table, which is mostly a cache and TLB miss away.
+
     So a hit is a match of the hash, the CRC-32 and the length, not of the bytes. A name
     that is not held passes only if it agrees with a held name it meets in the hash bits
     beyond the slot position (at least 64 - 25), in its CRC-32 (32, independent of SipHash
@@ -163,7 +168,7 @@ class NameSet:
     leaves its process.
     """
 
-    __slots__ = ("blob", "count", "depths", "digest", "mask", "table", "tag", "tags")
+    __slots__ = ("blob", "count", "depths", "digest", "home_mask", "homes", "mask", "table", "tag", "tags")
 
     def __init__(self, names: list[str], tags: list[int] | None = None, tag: int = EXACT) -> None:
         # Built in a reload thread while the event loop answers queries: no single C call
@@ -198,11 +203,14 @@ class NameSet:
         # read would cost more than the read.
         self.mask = mask = 2 * size - 2
         self.table = table = zeroed_words(2 * size)
+        self.home_mask = (size >> 3) - 1  # of homes' octets: value >> 3 & home_mask
+        self.homes = homes = bytearray(size >> 3)
         every_tag = self.tags if self.tags is not None else repeat(tag, self.count)
         for value, check, length, name_tag in zip(map(hash, wires), map(crc32, wires), map(len, wires), every_tag,
                                                   strict=True):
             value &= HASH_MASK
             position = value << 1 & mask
+            homes[position >> 4] |= 1 << (value & 7)  # slot position >> 1, octet slot >> 3
             while table[position + 1]:
                 position = (position + 2) & mask
             table[position] = value

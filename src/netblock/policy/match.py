@@ -86,8 +86,8 @@ class Policy:
                         continue
                     if value < 0:
                         value = hash(part) & HASH_MASK
-                    if not names.table[(value << 1 & names.mask) + 1]:
-                        continue  # the common miss: an empty slot
+                    if not names.homes[value >> 3 & names.home_mask] >> (value & 7) & 1:
+                        continue  # the common miss: no name's probe starts there
                     tag = names.find_hashed(part, value, offset == 0)
                     if tag >= 0:
                         template = rules[tag]
