@@ -431,8 +431,9 @@ def test_file_includes_are_decoded_and_parsed_a_piece_at_a_time(monkeypatch: pyt
     by_pieces = importers.parse_pieces(importers.decoded_pieces(rpz.encode()), "rpz", "zone.rpz")
     assert by_pieces.names == whole_rpz.names
     assert [w.line for w in by_pieces.warnings] == [w.line for w in whole_rpz.warnings]
-    with pytest.raises(UnicodeDecodeError):
+    with pytest.raises(UnicodeDecodeError) as bad:
         importers.decoded_pieces(b"ok.example\n" * 3 + b"\xff.example\n")
+    assert bad.value.start == 33  # in the file, not in its piece
     (tmp_path / "feed.txt").write_bytes(b"ok.example\n" * 3 + b"\xff.example\n")
     lst, errors = load_list(_write(tmp_path, "l.yaml", "name: l\ninclude:\n  - {path: feed.txt, format: plain}\n"))
     assert lst is None and [(e.line, "not UTF-8 text" in e.message) for e in errors] == [(3, True)]

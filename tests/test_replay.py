@@ -196,9 +196,10 @@ def test_a_query_padded_with_junk_is_answered_but_not_remembered(clock: Clock) -
     assert not server.packets and not server.policy_packets
 
 
-def test_a_reload_thread_frees_the_old_answers_while_the_loop_serves_the_new_policy() -> None:
+def test_a_reload_thread_frees_the_old_answers_while_the_loop_serves_the_new_policy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Swapped from a reload thread: the loop only takes the policy and empty tables; the
-    tables of the old answers are emptied afterwards, in the reload thread."""
+    tables of the old answers are emptied afterwards, by a worker thread."""
     import asyncio
     import threading
 
@@ -211,7 +212,7 @@ def test_a_reload_thread_frees_the_old_answers_while_the_loop_serves_the_new_pol
     old_cache, old_policy_packets = server.cache.entries, server.policy_packets
     cached = len(old_cache)
     assert len(old_policy_packets) == 150
-    install = server._install
+    install, empty = server._install, server_module._empty_gradually
     seen: list[tuple[str, list[int]]] = []
 
     def watched_install(policy: Policy) -> list[dict[object, object]]:
@@ -219,15 +220,25 @@ def test_a_reload_thread_frees_the_old_answers_while_the_loop_serves_the_new_pol
         seen.append((threading.current_thread().name, [len(table) for table in held]))
         return held
 
+    def watched_empty(tables: list[dict[object, object]]) -> None:
+        seen.append((threading.current_thread().name, [len(table) for table in tables]))
+        empty(tables)
+
     server._install = watched_install  # type: ignore[method-assign]
+    monkeypatch.setattr(server_module, "_empty_gradually", watched_empty)
 
     async def swap() -> None:
         server.loop = asyncio.get_running_loop()
         blank = Policy()
         await server.loop.run_in_executor(None, server._on_swap, blank)
+        for _ in range(500):  # the swap is queued on the loop, the freeing in a worker: 5 s at most
+            if len(seen) == 2 and not old_policy_packets:
+                break
+            await asyncio.sleep(0.01)
         assert server.policy is blank
 
     asyncio.run(swap())
-    assert seen == [("MainThread", [cached, 0, 150])]  # on the loop: handed over whole
+    assert seen[0] == ("MainThread", [cached, 0, 150])  # on the loop: handed over whole
+    assert seen[1][0] != "MainThread" and seen[1][1] == [cached, 0, 150]
     assert not old_policy_packets and not old_cache and not server.policy_packets and not server.packets
     assert isinstance(server.handle(_query("n1.weixin.qq.com", 1), CLIENT, "udp"), wire.Query)  # not replayed

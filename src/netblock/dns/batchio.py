@@ -59,6 +59,8 @@ _BYTES_DATA = bytes.__basicsize__ - 1
 
 
 def _bytes_layout_known() -> bool:
+    if sys.implementation.name != "cpython":  # elsewhere id() need not be an address
+        return False
     probe = b"netblock: where a bytes object keeps its octets"
     return ctypes.string_at(id(probe) + _BYTES_DATA, len(probe)) == probe
 

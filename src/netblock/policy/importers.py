@@ -123,8 +123,9 @@ _FRESH = 1 << 19  # octets: 128 pages
 
 
 def zeroed_words(count: int) -> array[int]:
-    """`count` 64-bit zeros, written a chunk at a time (growing by realloc moves pages
-    without touching them)."""
+    """`count` 64-bit zeros, written a chunk at a time. Growing by realloc moves mapped
+    pages without touching them once glibc keeps big blocks mapped (reload.steady_allocator;
+    the server sets it), and copies them otherwise."""
     words = array("Q")
     step = _FRESH // 8
     zeros = array("Q", bytes(8 * min(count, step)))
@@ -523,13 +524,23 @@ def decoded_pieces(data: bytes) -> list[str]:
     """UTF-8 text as pieces that end at line ends, decoded one at a time: a single str of a
     30 MB file is 30 MB of fresh memory filled in one C call (see _FRESH). A newline is
     never part of a multi-byte character, so each piece decodes on its own."""
-    view = memoryview(data)
-    return [str(view[start:end], "utf-8") for start, end in _spans(data)]
+    view, pieces = memoryview(data), []
+    for start, end in _spans(data):
+        try:
+            pieces.append(str(view[start:end], "utf-8"))
+        except UnicodeDecodeError as exc:  # where in the file, not in the piece
+            raise UnicodeDecodeError(exc.encoding, data, start + exc.start, start + exc.end, exc.reason) from None
+    return pieces
+
+
+def text_pieces(text: str) -> Iterator[str]:
+    """A text as pieces that end at line ends (see _CHUNK)."""
+    return (text[start:end] for start, end in _spans(text))
 
 
 def parse_text(text: str, fmt: str, path: str, match: str | None = None) -> Parsed:
     """Parse a whole source; see parse_pieces()."""
-    return parse_pieces((text[start:end] for start, end in _spans(text)), fmt, path, match)
+    return parse_pieces(text_pieces(text), fmt, path, match)
 
 
 def parse_pieces(pieces: Iterable[str], fmt: str, path: str, match: str | None = None) -> Parsed:
@@ -687,8 +698,7 @@ def read_include(include: Include) -> list[str]:
     if include.is_url:
         from netblock.policy import sources
 
-        text = sources.text_for(include.location, include.refresh)
-        return [text[start:end] for start, end in _spans(text)]
+        return list(text_pieces(sources.text_for(include.location, include.refresh)))
     try:
         return decoded_pieces(Path(include.location).read_bytes())
     except FileNotFoundError:

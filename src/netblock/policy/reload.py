@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import gc
 import glob
 import logging
@@ -145,6 +146,16 @@ def build_policy(config: Config, cached: bool = False) -> tuple[Policy | None, l
 RELOAD_SWITCH_INTERVAL = 0.0001  # seconds
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc has both; musl has no mallopt)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 M_MMAP_THRESHOLD = -3  # mallopt(3)
 MMAP_THRESHOLD = 128 * 1024  # octets: glibc's default, kept
 
@@ -155,19 +166,17 @@ def steady_allocator() -> None:
     and growing one (an array, a list of a million names) copies it into fresh memory in
     one C call: 115 ms with the GIL held in a bench reload, answers waiting. A mapped
     block grows by mremap instead, without a copy."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _release_memory() -> None:
     """Hand freed heap back to the system after a build (glibc); a big import leaves
     hundreds of MB of freed temporaries otherwise."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class PolicyHolder:
