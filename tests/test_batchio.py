@@ -221,3 +221,10 @@ def test_a_link_local_source_names_its_interface() -> None:
     client, address = batchio.source_address(raw)
     assert client == "fe80::1%lo"
     assert address == ("fe80::1", 53, 0x12345, socket.if_nametoindex("lo"))
+
+
+def test_the_batch_path_is_available_here() -> None:
+    """On CPython and Linux the listener must take the batch path: send() reads answers
+    where bytes objects keep their octets, and a wrong guess at that layout would only
+    show as a silent fall back to the event loop."""
+    assert batchio._bytes_layout_known() and batchio.available()

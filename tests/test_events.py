@@ -335,6 +335,26 @@ def test_store_whose_directory_cannot_be_made_is_a_clear_error(tmp_path: Path) -
         rec.stop()
 
 
+def test_a_bug_opening_the_store_is_logged_with_its_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture,
+                                                              tmp_path: Path) -> None:
+    """Not a StoreError: a programming error, logged with a traceback; the writer lives on."""
+    def broken(target: str) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(events_module, "open_store", broken)
+    rec = EventRecorder(None, 1000, "unit", store=str(tmp_path / "e.db"), flush_interval=0.02)
+    rec.start()
+    try:
+        rec.record(time.time(), "10.1.1.1", "", "weixin.qq.com.", 1, BLOCK, "query", "udp")
+        assert wait_until(lambda: rec.dropped == 1)
+        assert rec._thread is not None and rec._thread.is_alive()
+    finally:
+        rec.stop()
+    failures = [r for r in caplog.records if "opening the store failed unexpectedly" in r.getMessage()]
+    assert failures and failures[0].exc_info is not None
+
+
 # ---------------------------------------------------------------- a full filesystem
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from netblock.devices import Device, DeviceIdentifier, Identity
 from netblock.names import from_wire
 from netblock.policy.rule import Rule, citing
-from netblock.store import EventStore, Row, Shape, make_room, open_store
+from netblock.store import EventStore, Row, Shape, StoreError, make_room, open_store
 
 if TYPE_CHECKING:
     from netblock.config import Config
@@ -402,6 +402,8 @@ class EventRecorder:
             try:
                 self.store = open_store(self.store_target)
             except Exception as exc:  # StoreError; anything else must not end the writer either
+                if not isinstance(exc, StoreError):
+                    log.exception("events: opening the store failed unexpectedly")
                 self.store_sink.failed(count, exc)
                 return None
             finally:

@@ -119,8 +119,15 @@ _VIEW = ("CREATE VIEW events AS SELECT l.id AS id, "
          + ", ".join(f"{'l' if c in LOG_COLUMNS else 's'}.{c} AS {c}" for c in COLUMNS)
          + " FROM event_log l JOIN event_shapes s ON s.id = l.shape")
 _SHAPES = ", ".join(SHAPE_COLUMNS)
-_SAME_SHAPE = " AND ".join(f"s.{c} = e.{c}" for c in SHAPE_COLUMNS)
-_NEW_SHAPE = " AND ".join(f"{c} = NEW.{c}" for c in SHAPE_COLUMNS)
+
+
+def _same_shape(left: str, right: str) -> str:
+    """SQL: every shape column of `left` equals that of `right` ("{c}" marks the column)."""
+    return " AND ".join(f"{left.format(c=c)} = {right.format(c=c)}" for c in SHAPE_COLUMNS)
+
+
+_SAME_SHAPE = _same_shape("s.{c}", "e.{c}")
+_NEW_SHAPE = _same_shape("{c}", "NEW.{c}")
 _NEW_VALUES = ", ".join(f"NEW.{c}" for c in SHAPE_COLUMNS)
 
 
@@ -247,8 +254,7 @@ class EventStore:
         self.version = 0  # as found: a reader leaves an older schema as it is
         self._shape_ids: dict[Shape, int] = {}  # the writer's cache of event_shapes
         marks = ", ".join([self.placeholder] * len(SHAPE_COLUMNS))
-        self._find_shape_sql = ("SELECT id FROM event_shapes WHERE "
-                                + " AND ".join(f"{c} = {self.placeholder}" for c in SHAPE_COLUMNS))
+        self._find_shape_sql = "SELECT id FROM event_shapes WHERE " + _same_shape("{c}", self.placeholder)
         self._add_shape_sql = f"INSERT INTO event_shapes ({_SHAPES}) VALUES ({marks}) ON CONFLICT DO NOTHING"
 
     # -- schema
@@ -313,7 +319,7 @@ class EventStore:
         try:
             self._write(rows)
         except Exception as exc:
-            if not self._shape_gone(exc):
+            if not self._foreign_key_failed(exc):
                 raise
             # Another writer (a fleet's instance, or the other process of a restart) deleted a
             # shape (retention) this one had cached:
@@ -354,7 +360,7 @@ class EventStore:
         self._shape_ids[shape] = shape_id
         return shape_id
 
-    def _shape_gone(self, exc: Exception) -> bool:
+    def _foreign_key_failed(self, exc: Exception) -> bool:
         """True if a write failed because an event named a shape that no longer exists."""
         return False
 
@@ -378,7 +384,7 @@ class EventStore:
                 cur.execute(self._unused_shapes_sql)
                 self.conn.commit()
             except Exception as exc:
-                if not self._shape_gone(exc):
+                if not self._foreign_key_failed(exc):
                     raise
                 self._rollback()
             return removed
@@ -430,13 +436,13 @@ class SqliteStore(EventStore):
             self._migrate(create)
             # After the migration (its copy is consistent by construction) and outside a
             # transaction (where the pragma does nothing): an event naming a shape another
-            # writer of this file deleted fails, and is written again (_shape_gone).
+            # writer of this file deleted fails, and is written again (_foreign_key_failed).
             self.conn.execute("PRAGMA foreign_keys=ON")
         except (sqlite3.DatabaseError, OSError) as exc:  # OSError: its directory cannot be made
             self.close()
             raise StoreError(f"{path}: {exc}") from None
 
-    def _shape_gone(self, exc: Exception) -> bool:
+    def _foreign_key_failed(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and (
             getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_FOREIGNKEY"
             or "FOREIGN KEY constraint failed" in str(exc))
@@ -470,7 +476,7 @@ class PostgresStore(EventStore):
             self.close()
             raise StoreError(f"{self.describe()}: {exc}".strip()) from None
 
-    def _shape_gone(self, exc: Exception) -> bool:
+    def _foreign_key_failed(self, exc: Exception) -> bool:
         return isinstance(exc, self._foreign_key_violation)
 
     # The shapes no event names, but not those an uncommitted event of another instance names

@@ -732,16 +732,16 @@ def load_includes(raw: list[Any], base_dir: Path, path: str) -> tuple[Imported, 
 def _add_parsed(result: Imported, parsed: Parsed, include: Include, fmt: str, shown: str) -> None:
     everything: list[str] = []
     tags: list[int] | None = None
-    for tag, names in parsed.names.items():
-        if len(parsed.names) == 1:
-            everything = names  # not copied: a million names copied in one C call hold the GIL
-            break
-        tags = tags if tags is not None else []
-        for start in range(0, len(names), _SLICE):
-            piece = names[start : start + _SLICE]
-            everything.extend(piece)
-            tags.extend(repeat(tag, len(piece)))
-        release(names)
+    if len(parsed.names) == 1:  # the list itself: copying a million names in one C call holds the GIL
+        everything = next(iter(parsed.names.values()))
+    else:
+        tags = []
+        for tag, names in parsed.names.items():
+            for start in range(0, len(names), _SLICE):
+                piece = names[start : start + _SLICE]
+                everything.extend(piece)
+                tags.extend(repeat(tag, len(piece)))
+            release(names)
     meta = {"source": include.source, "format": fmt, "location": include.location}
     if everything:
         nameset = NameSet(everything, tags, next(iter(parsed.names)))

@@ -148,12 +148,12 @@ RELOAD_SWITCH_INTERVAL = 0.0001  # seconds
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library, when it is glibc with the two calls used here; None elsewhere."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc has both; musl has no mallopt)
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    return libc
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 M_MMAP_THRESHOLD = -3  # mallopt(3)
