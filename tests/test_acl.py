@@ -139,13 +139,13 @@ def test_allowed_range_is_configurable(tmp_path: Path, upstream: Nsd, namespace:
     ("2001:db8::1", False), ("::ffff:8.8.8.8", False), ("not-an-ip", False), ("", False),
 ])
 def test_default_access_list(client: str, admitted: bool) -> None:
-    assert (Admission(Access()).check(client) == "") is admitted
+    assert (Admission(Access()).check(client, 0.0) == "") is admitted
 
 
 def test_access_decisions_table_is_bounded() -> None:
     admission = Admission(Access(rate_limit=RateLimit(max_clients=1000)))
     for i in range(50_000):
-        admission.check(f"8.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+        admission.check(f"8.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 0.0)
     assert len(admission._allowed) <= 1000
-    assert admission.check("8.8.8.8") == "acl"
-    assert admission.check("10.0.0.1") == ""
+    assert admission.check("8.8.8.8", 0.0) == "acl"
+    assert admission.check("10.0.0.1", 0.0) == ""

@@ -132,7 +132,7 @@ def test_a_query_that_raises_costs_only_itself() -> None:
     config = dataclasses.replace(config, events=dataclasses.replace(config.events, enabled=False))
     server = DnsServer(config)
 
-    def handle(data: bytes, client: str, proto: str) -> object:
+    def handle(data: bytes, client: str, proto: str, now: float) -> object:
         if data[:2] == b"\x00\x02":
             raise RuntimeError("a bug")
         return data[:2] + b"answer"

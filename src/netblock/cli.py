@@ -8,6 +8,7 @@ import importlib
 import ipaddress
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from netblock import __version__
@@ -113,7 +114,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"netblock: --client: not an IP address: {args.client!r}", file=sys.stderr)
             return 2
-        refusal = Admission(config.access).check(args.client)
+        refusal = Admission(config.access).check(args.client, time.monotonic())
         result["client"] = {"ip": args.client, "admitted": not refusal, "refused_by": refusal or None}
     if args.json:
         print(json.dumps(result, indent=2))

@@ -232,7 +232,7 @@ def config(data: bytes) -> None:
         return
     admission = Admission(built.access)
     for client in ("127.0.0.1", "10.0.0.1", "8.8.8.8", "::1", "fe80::1%eth0"):
-        admission.check(client)
+        admission.check(client, 0.0)
     from netblock.config import parse_hostport
 
     for address in (*built.server.listen, *built.upstreams.servers):

@@ -7,7 +7,6 @@ memoised in bounded dicts, so a flood of spoofed source addresses cannot grow me
 from __future__ import annotations
 
 import ipaddress
-import time
 
 from netblock.config import Access
 
@@ -42,14 +41,14 @@ class Admission:
         self._buckets: dict[str, list[float]] = {}  # client -> [tokens, last refill time]
         self._exempt: dict[str, bool] = {}
 
-    def check(self, client: str) -> str:
-        """'' to admit, else the reason: 'acl' or 'ratelimit'."""
+    def check(self, client: str, now: float) -> str:
+        """'' to admit, else the reason: 'acl' or 'ratelimit'. `now` is time.monotonic() when
+        the query came: a batch of queries shares one reading."""
         # Only admitted, limited clients have a bucket: for them (nearly every query) the
         # decision is one lookup and the bucket arithmetic.
         bucket = self._buckets.get(client)
         if bucket is None:
-            return self._first_check(client)
-        now = time.monotonic()
+            return self._first_check(client, now)
         tokens = bucket[0] + (now - bucket[1]) * self.refill
         if tokens > self.capacity:
             tokens = self.capacity
@@ -60,7 +59,7 @@ class Admission:
         bucket[0] = tokens - 1
         return ""
 
-    def _first_check(self, client: str) -> str:
+    def _first_check(self, client: str, now: float) -> str:
         """A client without a bucket: refused by the access list, exempt, not limited, or new."""
         allowed = self._allowed.get(client)
         if allowed is None:
@@ -79,7 +78,6 @@ class Admission:
             exempt = self._exempt[client] = _contains(self.exempt, client)
         if exempt:
             return ""
-        now = time.monotonic()
         if len(self._buckets) >= self.max_clients:
             self._evict(now)
         self._buckets[client] = [self.capacity - 1, now]

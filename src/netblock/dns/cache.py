@@ -28,8 +28,11 @@ class Entry:
         self.records_at = len(body)  # where the records start in body (after the question); see _store
         self.ttl_offsets = ttl_offsets  # offsets into body
         self.ttls = ttls
-        self.stored = stored
-        self.expires = stored + lifetime
+        # Whole seconds, as unbound counts them: an entry ages and expires at the turn of a
+        # second (up to one second early, never late), so an answer rendered in a second is
+        # exact for all of it and a remembered one is checked once a second (server.Packet).
+        self.stored = int(stored)
+        self.expires = self.stored + lifetime
         self.stale_until = self.expires + stale_window
         self.rendered = body
         self.rendered_age = 0
@@ -38,7 +41,7 @@ class Entry:
 
     def render(self, now: float, stale_ttl: int = 0) -> bytes:
         """The body with every TTL reduced by the entry's age (or set to stale_ttl)."""
-        age = int(now - self.stored)
+        age = int(now) - self.stored
         if stale_ttl:
             return self._patch([stale_ttl] * len(self.ttls))
         if age != self.rendered_age:

@@ -13,7 +13,6 @@ import gc
 import ipaddress
 import itertools
 import logging
-import math
 import os
 import signal
 import socket
@@ -98,6 +97,11 @@ class DnsServer:
         # Remembered answers in all: the cached ones (one per spelling of a query) and the
         # blocked ones, which the cache does not hold: room for twice the cache.
         self.packets_max = max(2 * config.cache.size, 1)
+        # The whole monotonic second now, as one int object: a remembered answer holds the
+        # very object of the second it was checked in, so replaying it within that second
+        # takes an identity test, not a read of a float kept elsewhere in memory.
+        self.second = int(time.monotonic())
+        self.second_ends = self.second + 1
         self.tcp_connections = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.transports: list[Any] = []
@@ -106,18 +110,23 @@ class DnsServer:
 
     # ------------------------------------------------------------------ the query path
 
-    def handle(self, data: bytes, client: str, proto: str) -> bytes | wire.Query | None:
-        """Answer now (bytes), forward (the parsed Query: see resolve()), or drop (None)."""
+    def handle(self, data: bytes, client: str, proto: str, now: float | None = None) -> bytes | wire.Query | None:
+        """Answer now (bytes), forward (the parsed Query: see resolve()), or drop (None).
+        `now`: time.monotonic() when the query came (read here if not given)."""
         stats = self.stats
+        if now is None:
+            now = time.monotonic()
+        if now >= self.second_ends:
+            self._next_second(now)
         # 1. admit: before any work on the packet
-        refusal = self.admission.check(client)
+        refusal = self.admission.check(client, now)
         # 2. the same bytes after the ID as a recent UDP query: the same answer, replayed
         if proto == "udp" and not refusal:
             replay_key = data[2:]
             packet = self.packets.get(replay_key)
             if packet is None:
                 packet = self.policy_packets.get(replay_key)
-            if packet is not None and (packet.until > time.monotonic() or self._refresh(packet, replay_key)):
+            if packet is not None and (packet.second is self.second or self._refresh(packet, replay_key, now)):
                 if packet.rule is not None:
                     # a packet with a rule keeps its query
                     self._event(packet.query, client, packet.rule, packet.stage, "udp")  # type: ignore[arg-type]
@@ -153,7 +162,7 @@ class DnsServer:
             rule = None
         # 6. cache
         key = (query.qname, query.qtype, query.qclass, query.do)
-        entry = self.cache.get(key, time.monotonic())
+        entry = self.cache.get(key, now)
         if entry is not None:
             if entry.rule is not None:
                 self._record(query, client, entry.rule, entry.stage, proto)
@@ -206,9 +215,9 @@ class DnsServer:
         packet = Packet(query if rule is not None else None, answer[2:], entry, rule, stage, slot,
                         source == "cache")
         if entry is not None:
-            packet.until = 0.0  # _refresh() decides on the first replay
-            self.packets[data[2:]] = packet
+            self.packets[data[2:]] = packet  # _refresh() checks it on its first replay
         else:
+            packet.second = self.second  # a policy answer: exact until the policy changes
             self.policy_packets[data[2:]] = packet
 
     def _forget_oldest(self) -> None:
@@ -218,27 +227,27 @@ class DnsServer:
         for key in list(itertools.islice(packets, max(len(packets) // 8, 1))):
             del packets[key]
 
-    def _refresh(self, packet: Packet, replay_key: bytes) -> bool:
-        """Bring a remembered answer up to date, and say until when it is exact: its entry's
-        expiry, or the next second of age when its TTLs decay. False (and forgotten) if the
-        entry expired."""
+    def _next_second(self, now: float) -> None:
+        """A new whole second: every remembered answer is checked again on its next replay."""
+        self.second = int(now)
+        self.second_ends = self.second + 1
+
+    def _refresh(self, packet: Packet, replay_key: bytes, now: float) -> bool:
+        """Make a remembered answer exact for this second: its entry still fresh, its TTLs
+        aged. False (and forgotten) if the entry expired. Entries expire at the turn of a
+        second (cache.Entry), so one fresh now is fresh for the rest of this second."""
         entry = packet.entry
-        assert entry is not None  # answers without an entry never go out of date
-        now = time.monotonic()
-        if entry.expires <= now:
-            del self.packets[replay_key]
-            return False
-        if not packet.ages:
-            packet.until = entry.expires
-            return True
-        tail = packet.tail
-        if not tail[0] & 0x02:  # a whole answer (a TC one holds no TTLs)
-            # This client's header and question, the records with this second's TTLs (as
-            # rendered for every client of the entry), and its OPT after them.
-            body, start = entry.render(now), entry.records_at
-            packet.tail = tail[:start] + body[start:] + tail[len(body):]
-        next_second = entry.stored + int(now - entry.stored) + 1
-        packet.until = next_second if next_second < entry.expires else entry.expires
+        if entry is not None:  # a policy answer has none: it never goes out of date
+            if entry.expires <= now:
+                del self.packets[replay_key]
+                return False
+            tail = packet.tail
+            if packet.ages and not tail[0] & 0x02:  # a whole answer (a TC one holds no TTLs)
+                # This client's header and question, the records with this second's TTLs (as
+                # rendered for every client of the entry), and its OPT after them.
+                body, start = entry.render(now), entry.records_at
+                packet.tail = tail[:start] + body[start:] + tail[len(body):]
+        packet.second = self.second
         return True
 
     async def resolve(self, query: wire.Query, client: str, proto: str) -> bytes:
@@ -580,7 +589,7 @@ def _tcp_send(writer: asyncio.StreamWriter, answer: bytes) -> None:
 class Packet:
     """A remembered UDP answer: the reply after its ID, and what it came from."""
 
-    __slots__ = ("ages", "entry", "query", "rule", "slot", "stage", "tail", "until")
+    __slots__ = ("ages", "entry", "query", "rule", "second", "slot", "stage", "tail")
 
     def __init__(self, query: wire.Query | None, tail: bytes, entry: Entry | None, rule: Rule | None, stage: str,
                  slot: int, ages: bool) -> None:
@@ -591,7 +600,7 @@ class Packet:
         self.stage = stage
         self.slot = slot  # where its replays are counted: Stats.replayed
         self.ages = ages  # its TTLs decay (a cached upstream answer)
-        self.until = math.inf  # replayed as is until then (monotonic); see _refresh()
+        self.second: int | None = None  # DnsServer.second when last made exact; see _refresh()
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -637,15 +646,17 @@ class BatchUdpListener:
 
     def readable(self) -> None:
         io, handle, clients, stats = self.io, self.server.handle, self.clients, self.server.stats
+        monotonic = time.monotonic
         for _ in range(self.MAX_ROUNDS):
             batch = io.receive()
+            now = monotonic()  # one reading for the batch: it came in one system call
             answers = []
             for i, (data, raw) in enumerate(batch):
                 client = clients.get(raw)
                 if client is None:
                     client = self._new_client(raw)
                 try:
-                    result = handle(data, client[0], "udp")
+                    result = handle(data, client[0], "udp", now)
                 except Exception:  # a bug must cost one query, not the batch around it
                     log.exception("query from %s failed", client[0])
                     continue
