@@ -83,6 +83,24 @@ def test_ttls_decay_when_rendered() -> None:
     assert dns.message.from_wire(b"\x00\x00" + entry.render(entry.stored + 1000)).answer[0].ttl == 0
 
 
+def test_entries_age_and_expire_at_the_turn_of_a_whole_second() -> None:
+    """As unbound counts: stored 0.9 s into second 1000 with a 60 s lifetime, an entry is
+    one second old from 1001.0 on and gone at 1060.0, up to a second early and never late.
+    So an entry fresh at any moment of a second is fresh for all of it (replays rely on it)."""
+    stats = Stats()
+    cache = AnswerCache(10, stats)
+    response = dns.message.make_response(dns.message.make_query("w.example", "A"))
+    response.answer.append(dns.rrset.from_text("w.example.", 300, "IN", "A", "192.0.2.1"))
+    answer = response.to_wire()
+    entry = Entry(answer[2:], [o - 2 for o in wire.scan_answer(answer).ttl_offsets], [300], 1000.9, 60, 0)
+    cache.put(_key("w.example"), entry)
+    assert (entry.stored, entry.expires) == (1000, 1060)
+    assert dns.message.from_wire(b"\x00\x00" + entry.render(1000.95)).answer[0].ttl == 300
+    assert dns.message.from_wire(b"\x00\x00" + entry.render(1001.0)).answer[0].ttl == 299
+    assert cache.get(_key("w.example"), 1059.999) is entry
+    assert cache.get(_key("w.example"), 1060.0) is None
+
+
 def test_lru_bound_evicts_least_recently_used() -> None:
     stats = Stats()
     cache = AnswerCache(2, stats)

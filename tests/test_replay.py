@@ -95,6 +95,29 @@ def test_replay_is_exact_each_second_and_keeps_this_clients_id_case_and_opt(cloc
         assert {rr.ttl for rr in message.answer} == {300 - int(seconds)}
 
 
+def test_a_replay_is_checked_once_a_second_at_the_time_its_batch_came(clock: Clock,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _server()
+    name = "second.example.test."
+    _forward_and_store(server, _query(name, 1), _upstream_answer(name, 300))
+    refreshes: list[float] = []
+    refresh = server._refresh
+
+    def counted(packet: server_module.Packet, replay_key: bytes, now: float) -> bool:
+        refreshes.append(now)
+        return refresh(packet, replay_key, now)
+
+    monkeypatch.setattr(server, "_refresh", counted)
+    ttls = []
+    for offset in (0.1, 0.5, 0.99, 1.0, 1.7, 3.2):
+        # The batch's reading is what counts, not the clock when the query is handled.
+        replay = server.handle(_query(name, 2), CLIENT, "udp", clock.now + offset)
+        assert isinstance(replay, bytes)
+        ttls.append(dns.message.from_wire(replay).answer[0].ttl)
+    assert ttls == [300, 300, 300, 299, 299, 297]
+    assert refreshes == [clock.now + 0.1, clock.now + 1.0, clock.now + 3.2]  # once in each second
+
+
 def test_truncated_replay_stays_truncated(clock: Clock) -> None:
     server = _server()
     name = "big.example.test."
