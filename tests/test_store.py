@@ -3,6 +3,7 @@ the migration from version 1, and the writer's cache of shape ids."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -126,19 +127,34 @@ def test_migration_from_version_1_keeps_ids_values_and_reports(tmp_path: Path) -
     db.close()
 
 
+def fail_the_migration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's step to version 2 fails at its end, once the old table is gone."""
+    steps = dict(store_module._MIGRATIONS["sqlite"])
+    steps[2] = (*steps[2], "SELECT no_such_function()")
+    monkeypatch.setitem(store_module._MIGRATIONS, "sqlite", steps)
+
+
 def test_a_failed_migration_leaves_version_1_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "events.db"
     make_v1_sqlite(path, v1_rows())
-    steps = dict(store_module._MIGRATIONS["sqlite"])
-    steps[2] = (*steps[2], "SELECT no_such_function()")  # fails after the old table is gone
-    monkeypatch.setitem(store_module._MIGRATIONS, "sqlite", steps)
-    with pytest.raises(StoreError, match="no_such_function"):
+    fail_the_migration(monkeypatch)
+    with pytest.raises(StoreError) as failed:
         open_store(str(path))
+    # The operator reads that a migration ran, that it failed and why, and what is left.
+    assert str(failed.value) == (f"{path}: migrating the event store from schema 1 to 2 failed: no such function: "
+                                 "no_such_function; it stays at schema 1 (nothing was changed)")
+    assert isinstance(failed.value.__cause__, sqlite3.OperationalError)
     db = sqlite3.connect(path)
     assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(1,)]
     assert db.execute("SELECT type FROM sqlite_master WHERE name = 'events'").fetchone() == ("table",)
     assert db.execute("SELECT COUNT(*) FROM events").fetchone() == (len(v1_rows()),)
     assert db.execute("SELECT name FROM sqlite_master WHERE name IN ('event_log', 'event_shapes')").fetchall() == []
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+    # Making a new store is no migration: its failure keeps the plain wording.
+    with pytest.raises(StoreError) as failed:
+        open_store(str(tmp_path / "new.db"))
+    assert str(failed.value) == f"{tmp_path / 'new.db'}: no such function: no_such_function"
 
 
 def test_a_reader_refuses_what_is_not_a_netblock_store(tmp_path: Path) -> None:
@@ -224,6 +240,65 @@ def test_ids_never_go_back_when_retention_removes_the_newest(tmp_path: Path) -> 
     assert store.query("SELECT id FROM events") == [(5,)]
 
 
+V1_INSERT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def test_version_1_inserts_into_the_view(tmp_path: Path) -> None:
+    """A restart sharing one file: the old process, still on version 1, inserts its 19
+    columns into `events` after the new one migrated; the view's trigger stores them, a
+    known shape named by its id and a new shape added."""
+    path = tmp_path / "events.db"
+    make_v1_sqlite(path, v1_rows())
+    old_process = sqlite3.connect(path)  # a version 1 netblock, running since before
+    old_process.executemany(V1_INSERT, v1_rows()[:6])  # its statement prepared on the table
+    old_process.commit()
+    open_store(str(path)).close()  # the new process starts: migrated
+    known = (T0 + 5e5, *v1_rows()[0][1:9], "late.weixin.qq.com.", *v1_rows()[0][10:])  # the shape of id 1
+    new = (T0 + 6e5, "edge-old", "new-pc", *v1_rows()[0][3:])
+    old_process.executemany(V1_INSERT, [known, new])
+    old_process.commit()
+    old_process.close()
+    store = open_store(str(path))
+    try:
+        first = len(v1_rows()) + 6
+        assert store.query("SELECT * FROM events WHERE id > ? ORDER BY id", (first,)) == [
+            (first + 1, *known), (first + 2, *new)]
+        assert store.query("SELECT COUNT(*) FROM events") == [(first + 2,)]
+        shapes = store.query("SELECT shape FROM event_log WHERE id IN (1, ?) ORDER BY id", (first + 1,))
+        assert len(shapes) == 2 and shapes[0] == shapes[1]  # the identical earlier event's shape
+        assert store.query("SELECT COUNT(*) FROM event_shapes WHERE device = 'new-pc'") == [(1,)]
+        store.write([(T0, shape(), "v2.example.", "v2.example")])  # and the new process goes on
+        assert store.query("SELECT MAX(id) FROM events") == [(first + 3,)]
+        assert store.query("PRAGMA foreign_key_check") == []
+    finally:
+        store.close()
+
+
+def test_every_writer_store_has_the_view_trigger(tmp_path: Path) -> None:
+    """A new store has it; one made at version 2 before the trigger existed gets it when a
+    server opens it (no new schema version), and a reader leaves the file as it is."""
+    path = tmp_path / "events.db"
+    open_store(str(path)).close()
+    db = sqlite3.connect(path)
+    triggers = "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
+    assert db.execute(triggers).fetchall() == [("events_insert", "events")]
+    db.execute(V1_INSERT, v1_rows()[0])
+    db.commit()
+    db.execute("DROP TRIGGER events_insert")  # as a version 2 store in the field is
+    db.commit()
+    open_store(str(path), create=False).close()
+    assert db.execute(triggers).fetchall() == []
+    store = open_store(str(path))
+    assert db.execute(triggers).fetchall() == [("events_insert", "events")]
+    assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(SCHEMA_VERSION,)]
+    db.execute(V1_INSERT, v1_rows()[0])
+    db.commit()
+    assert store.query("SELECT * FROM events ORDER BY id") == [(1, *v1_rows()[0]), (2, *v1_rows()[0])]
+    assert store.query("SELECT COUNT(*) FROM event_shapes") == [(1,)]
+    store.close()
+    db.close()
+
+
 # ---------------------------------------------------------------- opening in the writer thread
 
 
@@ -259,7 +334,7 @@ def test_start_returns_at_once_while_the_writer_migrates(tmp_path: Path, caplog:
             rec.stop()
     assert took < 1.0, took
     messages = [r.getMessage() for r in caplog.records if r.name == "netblock.store"]
-    assert messages[0] == (f"events: migrating the event store {path} from schema 1 to 2 ({len(v1_rows())} events); "
+    assert messages[0] == (f"events: migrating the event store {path} from schema 1 to 2; "
                            "DNS answers meanwhile, events wait in the queue")
     assert re.fullmatch(rf"events: migrated the event store {re.escape(str(path))} from schema 1 to 2 in \d+\.\d s",
                         messages[1]), messages
@@ -290,6 +365,100 @@ def test_stop_does_not_wait_past_its_bound_for_a_store_being_opened(tmp_path: Pa
     assert not writer.is_alive()
     assert rec.store is None  # the writer closed what it opened
     assert rec.written + rec.dropped == 5
+
+
+class Clock:
+    """events.py's clock, moved by hand: its waits between attempts are minutes long."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def timed_attempts(monkeypatch: pytest.MonkeyPatch, clock: Clock, took: list[float]) -> list[tuple[float, float]]:
+    """The writer's attempts to open the store, as (start, end): the n-th takes took[n]
+    seconds (0 past the list's end), then opens the store for real."""
+    attempts: list[tuple[float, float]] = []
+
+    def timed_open(target: str) -> EventStore:
+        start = clock.now
+        clock.now += took[len(attempts)] if len(attempts) < len(took) else 0.0
+        attempts.append((start, clock.now))
+        return open_store(target)
+
+    monkeypatch.setattr(events_module, "time", clock)
+    monkeypatch.setattr(events_module, "open_store", timed_open)
+    return attempts
+
+
+def batch_a_second(rec: EventRecorder, clock: Clock, seconds: int) -> None:
+    """The writer's loop as the query path feeds it: one event, one batch, each second."""
+    for _ in range(seconds):
+        rec.write_batch([(T0, "10.0.0.7", "", "n.weixin.qq.com.", 1, BLOCK, "query", "udp")])
+        clock.now += 1.0
+
+
+def waits(attempts: list[tuple[float, float]]) -> list[float]:
+    """From the end of each attempt to the start of the next."""
+    return [later[0] - earlier[1] for earlier, later in itertools.pairwise(attempts)]
+
+
+def test_failed_opens_back_off_doubling_to_a_minute_and_success_resets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A migration that fails is started again 5 s later, then 10, 20, 40, and once a minute;
+    once the store opens, a later failure starts from 5 s again."""
+    path = tmp_path / "events.db"
+    make_v1_sqlite(path, v1_rows())
+    working = store_module._MIGRATIONS["sqlite"]
+    fail_the_migration(monkeypatch)
+    clock = Clock()
+    attempts = timed_attempts(monkeypatch, clock, [])
+    rec = EventRecorder(None, 100, "edge-1", store=str(path), retention_days=0)
+    with caplog.at_level(logging.ERROR, logger="netblock.events"):
+        batch_a_second(rec, clock, 435)
+    assert [start for start, _ in attempts] == [1000, 1005, 1015, 1035, 1075, 1135, 1195, 1255, 1315, 1375]
+    assert waits(attempts) == [5, 10, 20, 40, 60, 60, 60, 60, 60]  # each one a migration from the start
+    assert (rec.written, rec.dropped) == (0, 435)
+    errors = [r.getMessage() for r in caplog.records]
+    assert "migrating the event store from schema 1 to 2 failed" in errors[0], errors
+    assert "it stays at schema 1 (nothing was changed)" in errors[0]
+    assert len(errors) == 8  # once a minute at most, as before
+    # Between attempts too, each minute's line says why, and when the next attempt is.
+    assert "event store unavailable: " in errors[2] and "schema 1 to 2 failed" in errors[2], errors
+    assert errors[2].endswith("next attempt in 15 s); dropping events, 121 lost so far (next report in 60 s at most)")
+    monkeypatch.setitem(store_module._MIGRATIONS, "sqlite", working)
+    batch_a_second(rec, clock, 1)  # the attempt due at 1435 migrates
+    assert attempts[-1][0] == 1435 and rec.store is not None and rec.store.version == 2
+    assert rec.written == 1
+    rec.store.close()  # lost at once (PostgreSQL gone), and it stays down
+    rec.store = None
+    (tmp_path / "not-a-db").write_text("this is not a database, it is a text file that is long enough" * 20)
+    rec.store_target = str(tmp_path / "not-a-db")
+    batch_a_second(rec, clock, 60)
+    assert waits(attempts[-5:]) == [5, 5, 10, 20]  # 5 s after the success as before, then doubling from 5 s
+
+
+def test_a_long_failed_attempt_waits_ten_times_as_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A migration that fails after minutes (a full disk) is not started again 5 s later:
+    the writer, which writes nothing meanwhile, spends a tenth of its time at most on it."""
+    path = tmp_path / "events.db"
+    make_v1_sqlite(path, v1_rows())
+    fail_the_migration(monkeypatch)
+    clock = Clock()
+    attempts = timed_attempts(monkeypatch, clock, [120, 30, 0, 0.5])
+    rec = EventRecorder(None, 100, "edge-1", store=str(path), retention_days=0)
+    batch_a_second(rec, clock, 1700)
+    assert waits(attempts)[:4] == [1200, 300, 20, 40]  # the larger of 10x the attempt and the doubling
+    busy = sum(end - start for start, end in attempts)
+    assert busy <= 0.1 * (attempts[-1][1] - attempts[0][0])
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT version FROM netblock_schema").fetchall() == [(1,)]
+    db.close()
 
 
 # ---------------------------------------------------------------- two writers of one SQLite file

@@ -9,6 +9,7 @@ A sink that fails (disk full, database gone) loses that batch, counts it, logs o
 per minute at most, and is tried again with the next batch: writing resumes by itself
 when space returns, and DNS never waits for it. The writer thread also opens the store,
 which may migrate its schema (minutes for a big store): events wait in the queue meanwhile.
+A store that cannot be opened is tried again later and later (_retry_after).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ ERROR_INTERVAL = 60.0  # seconds between two error lines about the same failing 
 RETENTION_INTERVAL = 3600.0  # seconds between two retention passes
 STOP_DRAIN_SECONDS = 5.0  # stop() writes what is queued for at most this long
 STOP_GRACE_SECONDS = 5.0  # ...and waits this much longer for a batch in flight, or the store being opened
-RECONNECT_SECONDS = 5.0  # between two attempts to open the store
+RECONNECT_SECONDS = 5.0  # between two attempts to open the store...
+RECONNECT_MAX_SECONDS = 60.0  # ...doubled after each failed one in a row, up to this...
+RECONNECT_SPAN_FACTOR = 10  # ...and at least this many times as long as the failed attempt took
 
 _QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
            33: "SRV", 35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
@@ -200,6 +203,8 @@ class EventRecorder:
         self._thread: threading.Thread | None = None
         self._next_retention = 0.0
         self._next_connect = 0.0
+        self._connect_failures = 0  # failed attempts to open the store, in a row
+        self._connect_error: BaseException | None = None  # why the last one failed
         self._by_ip: dict[tuple[str, str], Identity] = {}
         self._names: dict[bytes, str] = {}  # wire name -> presentation form
         self._shapes: dict[tuple[object, ...], _Shape | _Whole | None] = {}  # None: seen once
@@ -391,24 +396,44 @@ class EventRecorder:
         return found
 
     def _open_store(self, count: int) -> EventStore | None:
-        """The store, opened if it is not (at start, or lost: PostgreSQL gone) and the last
-        attempt was RECONNECT_SECONDS ago. None: `count` events are dropped and counted, and
-        the error logged (once a minute at most)."""
+        """The store, opened if it is not (at start, or lost: PostgreSQL gone) and the next
+        attempt is due (_retry_after). None: `count` events are dropped and counted, and the
+        error logged (once a minute at most)."""
         assert self.store_sink is not None
         if self.store is None:
-            if time.monotonic() < self._next_connect:
-                self.store_sink.failed(count, ConnectionError("event store unavailable"))
+            now = time.monotonic()
+            if now < self._next_connect:
+                self.store_sink.failed(count, self._unavailable(now))
                 return None
             try:
                 self.store = open_store(self.store_target)
             except Exception as exc:  # StoreError; anything else must not end the writer either
                 if not isinstance(exc, StoreError):
                     log.exception("events: opening the store failed unexpectedly")
+                self._connect_failures, self._connect_error = self._connect_failures + 1, exc
+                ended = time.monotonic()
+                self._next_connect = ended + self._retry_after(ended - now)
                 self.store_sink.failed(count, exc)
                 return None
-            finally:
-                self._next_connect = time.monotonic() + RECONNECT_SECONDS
+            self._connect_failures, self._connect_error = 0, None
+            self._next_connect = time.monotonic() + RECONNECT_SECONDS
         return self.store
+
+    def _unavailable(self, now: float) -> ConnectionError:
+        """Between two attempts: the minute's error line still says why the last one failed."""
+        if self._connect_error is None:
+            return ConnectionError("event store unavailable")
+        return ConnectionError(f"event store unavailable: {self._connect_error}; "
+                               f"next attempt in {self._next_connect - now:.0f} s")
+
+    def _retry_after(self, took: float) -> float:
+        """Seconds before the next attempt to open the store. An attempt may be a migration
+        that copies every event for minutes and fails at the end (a full disk), all of it
+        rolled back; the writer writes nothing meanwhile, the JSON lines included: it spends
+        about a tenth of its time at most on attempts, and a store that stays down is tried
+        less often."""
+        doubled = RECONNECT_SECONDS * 2 ** min(self._connect_failures - 1, 16)  # bounded: a float overflows
+        return max(min(doubled, RECONNECT_MAX_SECONDS), RECONNECT_SPAN_FACTOR * took)
 
     def _write_store(self, rows: list[Row]) -> None:
         assert self.store_sink is not None

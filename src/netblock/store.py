@@ -218,6 +218,23 @@ _MIGRATIONS: dict[str, dict[int, tuple[str, ...]]] = {
     },
 }
 
+# What a writer's store has at the current version besides the steps above, made when a
+# server opens it: stores that reached version 2 before these existed get them too.
+_AT_CURRENT_VERSION: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        # Version 1's INSERT (its 19 columns, no id) into the view, as PostgreSQL's trigger
+        # takes it: the old process of a restart, still on version 1, writes on after the new
+        # one migrated the file. A single writer at a time: no other can add the shape meanwhile.
+        "CREATE TRIGGER IF NOT EXISTS events_insert INSTEAD OF INSERT ON events FOR EACH ROW BEGIN\n"
+        f"  INSERT INTO event_shapes ({_SHAPES}) SELECT {_NEW_VALUES}\n"
+        f"    WHERE NOT EXISTS (SELECT 1 FROM event_shapes WHERE {_NEW_SHAPE});\n"
+        "  INSERT INTO event_log (ts, shape, name, rule)\n"
+        f"    VALUES (NEW.ts, (SELECT id FROM event_shapes WHERE {_NEW_SHAPE}), NEW.name, NEW.rule);\n"
+        "END",
+    ),
+    "postgres": (),  # its trigger is a migration step: made with the view
+}
+
 
 @functools.cache
 def _insert_sql(placeholder: str, rows: int) -> str:
@@ -271,30 +288,46 @@ class EventStore:
                                  f"(this one knows {SCHEMA_VERSION}); refusing to touch it")
             if version == 0 and not create:
                 raise StoreError(f"{self.describe()}: no netblock events here (schema version {version})")
-            migrating = create and 0 < version < SCHEMA_VERSION
-            if migrating:
-                cur.execute("SELECT COUNT(*) FROM events")
-                log.info("events: migrating the event store %s from schema %d to %d (%d events); DNS answers "
-                         "meanwhile, events wait in the queue", self.describe(), version, SCHEMA_VERSION,
-                         cur.fetchone()[0])
-                started, old = time.monotonic(), version
-            if create and version < SCHEMA_VERSION:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[self.kind][step]:
-                        cur.execute(statement)
-                cur.execute("DELETE FROM netblock_schema")
-                cur.execute(f"INSERT INTO netblock_schema (version) VALUES ({self.placeholder})", (SCHEMA_VERSION,))
-                version = SCHEMA_VERSION
-            # A reader (create=False) reads an older schema as it is: version 1's `events`
-            # table has the columns of version 2's view. The server migrates it when it starts.
-            self.version = version
-            self.conn.commit()
-            if migrating:
-                log.info("events: migrated the event store %s from schema %d to %d in %.1f s", self.describe(), old,
-                         SCHEMA_VERSION, time.monotonic() - started)
+            if create and 0 < version < SCHEMA_VERSION:
+                self._upgrade(cur, version)
+            elif create:
+                self._build(cur, version)
+            else:
+                # A reader (create=False) reads an older schema as it is: version 1's `events`
+                # table has the columns of version 2's view. The server migrates it when it starts.
+                self.conn.commit()
+                self.version = version
         except Exception:
             self._rollback()
             raise
+
+    def _build(self, cur: Any, version: int) -> None:
+        """Bring the schema from `version` (0: a new store) to SCHEMA_VERSION in one transaction."""
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[self.kind][step]:
+                cur.execute(statement)
+        if version < SCHEMA_VERSION:
+            cur.execute("DELETE FROM netblock_schema")
+            cur.execute(f"INSERT INTO netblock_schema (version) VALUES ({self.placeholder})", (SCHEMA_VERSION,))
+        for statement in _AT_CURRENT_VERSION[self.kind]:
+            cur.execute(statement)
+        self.conn.commit()
+        self.version = SCHEMA_VERSION
+
+    def _upgrade(self, cur: Any, version: int) -> None:
+        """_build from an older schema. Logged: it copies every event, which takes minutes in a
+        big store; a failure (a full disk) rolls all of it back, and says so."""
+        log.info("events: migrating the event store %s from schema %d to %d; DNS answers meanwhile, "
+                 "events wait in the queue", self.describe(), version, SCHEMA_VERSION)
+        started = time.monotonic()
+        try:
+            self._build(cur, version)
+        except Exception as exc:
+            raise StoreError(f"{self.describe()}: migrating the event store from schema {version} to "
+                             f"{SCHEMA_VERSION} failed: {exc}; it stays at schema {version} (nothing was changed)"
+                             ) from exc
+        log.info("events: migrated the event store %s from schema %d to %d in %.1f s", self.describe(), version,
+                 SCHEMA_VERSION, time.monotonic() - started)
 
     def _version(self, cur: Any) -> int:
         cur.execute("CREATE TABLE IF NOT EXISTS netblock_schema (version INTEGER NOT NULL)")
@@ -438,6 +471,9 @@ class SqliteStore(EventStore):
             # transaction (where the pragma does nothing): an event naming a shape another
             # writer of this file deleted fails, and is written again (_foreign_key_failed).
             self.conn.execute("PRAGMA foreign_keys=ON")
+        except StoreError:
+            self.close()
+            raise
         except (sqlite3.DatabaseError, OSError) as exc:  # OSError: its directory cannot be made
             self.close()
             raise StoreError(f"{path}: {exc}") from None
@@ -472,6 +508,9 @@ class PostgresStore(EventStore):
                 # Instances of a fleet start together: one creates the schema, the others wait.
                 cur.execute("SELECT pg_advisory_xact_lock(7323707)")
             self._migrate(create)
+        except StoreError:
+            self.close()
+            raise
         except psycopg.Error as exc:
             self.close()
             raise StoreError(f"{self.describe()}: {exc}".strip()) from None
