@@ -506,6 +506,20 @@ def test_rendered_names_are_kept_within_their_bound(tmp_path: Path, monkeypatch:
     assert from_wire(wires[0]) == "a.dot.\\..qq.com."
 
 
+def test_clients_named_by_ip_are_bounded_and_the_newer_half_kept(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an identifier a client is its IP; a full table forgets its older half, so
+    the clients seen lately keep their Identity (and the shapes keyed on it)."""
+    monkeypatch.setattr(events_module, "IDENTITIES_MAX", 8)
+    rec = EventRecorder(tmp_path / "e.jsonl", 10_000, "unit")
+    first = {i: rec.identify(f"10.0.0.{i}", "") for i in range(8)}
+    assert rec.identify("10.0.0.9", "") is not None  # the ninth: room made
+    assert len(rec._by_ip) == 5
+    assert all(rec.identify(f"10.0.0.{i}", "") is first[i] for i in range(4, 8))  # the newer half kept
+    assert rec.identify("10.0.0.0", "") is not first[0]  # the older one was forgotten
+    assert len(rec._by_ip) <= 8
+
+
 @pytest.mark.parametrize("name", ["weixin.qq.com.", "a\\.b.weixin.qq.com.", 'q"uote\\\\.example.', "\\000x.cn.",
                                   "bücher.example", "\U0001f600.example", "ctl\x01.example", "100%.example.",
                                   "del\x7f.example", "q\"uote.example", ""])

@@ -457,8 +457,7 @@ class EventRecorder:
         key = (client_ip, mac)  # one Identity a client, as the identifier keeps: shapes key on it
         found = self._by_ip.get(key)
         if found is None:
-            if len(self._by_ip) >= IDENTITIES_MAX:
-                self._by_ip.clear()
+            make_room(self._by_ip, IDENTITIES_MAX)  # the newer half stays, and the shapes keyed on it
             found = self._by_ip[key] = Identity(Device(client_ip, in_inventory=False), mac, "ip")
         return found
 
