@@ -41,6 +41,8 @@ def perf_costs(data: Path, qps: float) -> dict[str, float]:
     report = subprocess.run(["perf", "report", "-i", str(data), "--sort", "dso,sym", "--stdio"],
                             capture_output=True, text=True, check=True, timeout=300).stdout
     costs: dict[str, float] = {}
+    if qps <= 0:
+        return costs
     for line in report.splitlines():
         fields = line.split()
         if len(fields) < 3 or line.startswith("#") or not fields[0].endswith("%"):
@@ -96,13 +98,18 @@ def main() -> int:
             if args.sampler == "perf":
                 args.out.mkdir(parents=True, exist_ok=True)
                 out = args.out / f"perf-{args.variant}-{mix}.data"
-                command = [found, "record", "-F", "4000", "-q", "-o", str(out), "-p", str(server.pid)]
+                command = [found, "record", "-e", "cpu-clock", "-F", "4000", "-q", "-o", str(out), "-p",
+                           str(server.pid)]
             else:
                 out = args.out.with_name(f"{args.out.name}-{mix}.txt")
                 command = [found, "record", "--pid", str(server.pid), "--duration", str(int(args.seconds)),
                            "--rate", "500", "--format", "raw", "--output", str(out), "--nonblocking"]
-            sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)  # attached before the load starts
+            log = out.with_name(out.name + ".log")
+            with log.open("wb") as errors:
+                sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+            time.sleep(0.5)  # time to attach before the load starts
+            if sampler.poll() is not None:  # refused (perf_event_paranoid, no such pid...): say why
+                parser.error(f"{tool} stopped at once: {log.read_text().strip()}")
             result = dnsperf.run(server.port, world.mix(mix), seconds=args.seconds, cpu=LOADGEN_CPU,
                                  server_pid=server.pid)
             if args.sampler == "perf":

@@ -509,7 +509,7 @@ def test_rendered_names_are_kept_within_their_bound(tmp_path: Path, monkeypatch:
 def test_clients_named_by_ip_are_bounded_and_the_newer_half_kept(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Without an identifier a client is its IP; a full table forgets its older half, so
-    the clients seen lately keep their Identity (and the shapes keyed on it)."""
+    the clients first seen most recently keep their Identity (and the shapes keyed on it)."""
     monkeypatch.setattr(events_module, "IDENTITIES_MAX", 8)
     rec = EventRecorder(tmp_path / "e.jsonl", 10_000, "unit")
     first = {i: rec.identify(f"10.0.0.{i}", "") for i in range(8)}

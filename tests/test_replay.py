@@ -100,12 +100,12 @@ def test_a_replay_is_checked_once_a_second_at_the_time_its_batch_came(clock: Clo
     server = _server()
     name = "second.example.test."
     _forward_and_store(server, _query(name, 1), _upstream_answer(name, 300))
-    refreshes: list[float] = []
+    refreshes: list[int] = []
     refresh = server._refresh
 
-    def counted(packet: server_module.Packet, replay_key: bytes, now: float) -> bool:
-        refreshes.append(now)
-        return refresh(packet, replay_key, now)
+    def counted(packet: server_module.Packet, replay_key: bytes) -> bool:
+        refreshes.append(server.second)
+        return refresh(packet, replay_key)
 
     monkeypatch.setattr(server, "_refresh", counted)
     ttls = []
@@ -115,7 +115,34 @@ def test_a_replay_is_checked_once_a_second_at_the_time_its_batch_came(clock: Clo
         assert isinstance(replay, bytes)
         ttls.append(dns.message.from_wire(replay).answer[0].ttl)
     assert ttls == [300, 300, 300, 299, 299, 297]
-    assert refreshes == [clock.now + 0.1, clock.now + 1.0, clock.now + 3.2]  # once in each second
+    assert refreshes == [5000, 5001, 5003]  # once in each second
+
+
+def test_an_entry_stored_within_a_second_is_replayed_until_its_whole_second_ends(clock: Clock) -> None:
+    """Stored 0.9 s into a second with a 1 s TTL, an entry lives until that second ends (as
+    unbound counts): replayed within it, forwarded again from the next one."""
+    server = _server()
+    name = "short-lived.example.test."
+    clock.now = 5000.9
+    data = _query(name, 1)
+    _forward_and_store(server, data, _upstream_answer(name, 1))
+    replay = server.handle(_query(name, 2), CLIENT, "udp", 5000.95)
+    assert isinstance(replay, bytes) and dns.message.from_wire(replay).answer[0].ttl == 1
+    assert isinstance(server.handle(_query(name, 3), CLIENT, "udp", 5001.0), wire.Query)
+
+
+def test_a_batch_read_before_the_second_turned_cannot_replay_an_expired_answer(clock: Clock) -> None:
+    """The second has turned (another query saw 5301.1) and the entry expired with it. A batch
+    whose reading is older (5300.9) may still be answered from the cache, with what is left of
+    the TTL (0), but must not make the remembered answer exact for the new second."""
+    server = _server()
+    name = "turned.example.test."
+    _forward_and_store(server, _query(name, 1), _upstream_answer(name, 301))  # expires at 5301
+    clock.now = 5301.1
+    assert isinstance(server.handle(_query("other.example.test.", 7), CLIENT, "udp"), wire.Query)
+    late = server.handle(_query(name, 2), CLIENT, "udp", 5300.9)
+    assert isinstance(late, bytes) and dns.message.from_wire(late).answer[0].ttl == 0
+    assert isinstance(server.handle(_query(name, 3), CLIENT, "udp", 5301.5), wire.Query)
 
 
 def test_truncated_replay_stays_truncated(clock: Clock) -> None:

@@ -461,6 +461,17 @@ def test_a_long_failed_attempt_waits_ten_times_as_long(tmp_path: Path, monkeypat
     db.close()
 
 
+def test_a_slow_failed_connect_is_not_scaled_like_a_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attempt that fails slowly without migrating (a connect timeout, a lock wait: 10 s
+    here) is tried again as the doubling says, not 100 s later: events are lost meanwhile."""
+    (tmp_path / "not-a-db").write_text("this is not a database, it is a text file that is long enough" * 20)
+    clock = Clock()
+    attempts = timed_attempts(monkeypatch, clock, [10, 10, 10])
+    rec = EventRecorder(None, 100, "edge-1", store=str(tmp_path / "not-a-db"), retention_days=0)
+    batch_a_second(rec, clock, 80)
+    assert waits(attempts)[:3] == [5, 10, 20]
+
+
 # ---------------------------------------------------------------- two writers of one SQLite file
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from netblock.devices import Device, DeviceIdentifier, Identity
 from netblock.names import from_wire
 from netblock.policy.rule import Rule, citing
-from netblock.store import EventStore, Row, Shape, StoreError, make_room, open_store
+from netblock.store import EventStore, MigrationFailed, Row, Shape, StoreError, make_room, open_store
 
 if TYPE_CHECKING:
     from netblock.config import Config
@@ -52,7 +52,7 @@ STOP_DRAIN_SECONDS = 5.0  # stop() writes what is queued for at most this long
 STOP_GRACE_SECONDS = 5.0  # ...and waits this much longer for a batch in flight, or the store being opened
 RECONNECT_SECONDS = 5.0  # between two attempts to open the store...
 RECONNECT_MAX_SECONDS = 60.0  # ...doubled after each failed one in a row, up to this...
-RECONNECT_SPAN_FACTOR = 10  # ...and at least this many times as long as the failed attempt took
+RECONNECT_SPAN_FACTOR = 10  # ...and after a failed migration, this many times as long as it took
 
 _QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
            33: "SRV", 35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
@@ -204,7 +204,7 @@ class EventRecorder:
         self._next_retention = 0.0
         self._next_connect = 0.0
         self._connect_failures = 0  # failed attempts to open the store, in a row
-        self._connect_error: BaseException | None = None  # why the last one failed
+        self._connect_error = ""  # why the last one failed (the text: an exception keeps its frames)
         self._by_ip: dict[tuple[str, str], Identity] = {}
         self._names: dict[bytes, str] = {}  # wire name -> presentation form
         self._shapes: dict[tuple[object, ...], _Shape | _Whole | None] = {}  # None: seen once
@@ -410,30 +410,31 @@ class EventRecorder:
             except Exception as exc:  # StoreError; anything else must not end the writer either
                 if not isinstance(exc, StoreError):
                     log.exception("events: opening the store failed unexpectedly")
-                self._connect_failures, self._connect_error = self._connect_failures + 1, exc
+                self._connect_failures, self._connect_error = self._connect_failures + 1, str(exc)
                 ended = time.monotonic()
-                self._next_connect = ended + self._retry_after(ended - now)
+                self._next_connect = ended + self._retry_after(ended - now if isinstance(exc, MigrationFailed) else 0.0)
                 self.store_sink.failed(count, exc)
                 return None
-            self._connect_failures, self._connect_error = 0, None
+            self._connect_failures, self._connect_error = 0, ""
             self._next_connect = time.monotonic() + RECONNECT_SECONDS
         return self.store
 
     def _unavailable(self, now: float) -> ConnectionError:
         """Between two attempts: the minute's error line still says why the last one failed."""
-        if self._connect_error is None:
+        if not self._connect_error:
             return ConnectionError("event store unavailable")
         return ConnectionError(f"event store unavailable: {self._connect_error}; "
                                f"next attempt in {self._next_connect - now:.0f} s")
 
-    def _retry_after(self, took: float) -> float:
-        """Seconds before the next attempt to open the store. An attempt may be a migration
-        that copies every event for minutes and fails at the end (a full disk), all of it
-        rolled back; the writer writes nothing meanwhile, the JSON lines included: it spends
-        about a tenth of its time at most on attempts, and a store that stays down is tried
-        less often."""
+    def _retry_after(self, migrated_for: float) -> float:
+        """Seconds before the next attempt to open the store: a store that stays down is
+        tried less often. A failed migration may have copied every event for minutes before
+        failing at the end (a full disk), all of it rolled back, while the writer wrote
+        nothing, the JSON lines included: the writer spends at most about a tenth of its time
+        on those. Other attempts (a connect timeout, a lock wait) are not scaled by their
+        duration: PostgreSQL back after a blip is tried again within a minute."""
         doubled = RECONNECT_SECONDS * 2 ** min(self._connect_failures - 1, 16)  # bounded: a float overflows
-        return max(min(doubled, RECONNECT_MAX_SECONDS), RECONNECT_SPAN_FACTOR * took)
+        return max(min(doubled, RECONNECT_MAX_SECONDS), RECONNECT_SPAN_FACTOR * migrated_for)
 
     def _write_store(self, rows: list[Row]) -> None:
         assert self.store_sink is not None

@@ -251,6 +251,10 @@ class StoreError(Exception):
     """The store cannot be opened or is not ours (a clear message for the operator)."""
 
 
+class MigrationFailed(StoreError):
+    """Migrating the schema failed and was rolled back: the store stays at its old version."""
+
+
 def is_postgres(target: str) -> bool:
     return target.startswith(("postgres://", "postgresql://")) or ("=" in target and "dbname" in target)
 
@@ -323,7 +327,7 @@ class EventStore:
         try:
             self._build(cur, version)
         except Exception as exc:
-            raise StoreError(f"{self.describe()}: migrating the event store from schema {version} to "
+            raise MigrationFailed(f"{self.describe()}: migrating the event store from schema {version} to "
                              f"{SCHEMA_VERSION} failed: {exc}; it stays at schema {version} (nothing was changed)"
                              ) from exc
         log.info("events: migrated the event store %s from schema %d to %d in %.1f s", self.describe(), version,

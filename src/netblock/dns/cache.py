@@ -41,7 +41,7 @@ class Entry:
 
     def render(self, now: float, stale_ttl: int = 0) -> bytes:
         """The body with every TTL reduced by the entry's age (or set to stale_ttl)."""
-        age = int(now) - self.stored
+        age = max(int(now) - self.stored, 0)  # never above the TTLs as received
         if stale_ttl:
             return self._patch([stale_ttl] * len(self.ttls))
         if age != self.rendered_age:

@@ -126,7 +126,7 @@ class DnsServer:
             packet = self.packets.get(replay_key)
             if packet is None:
                 packet = self.policy_packets.get(replay_key)
-            if packet is not None and (packet.second is self.second or self._refresh(packet, replay_key, now)):
+            if packet is not None and (packet.second is self.second or self._refresh(packet, replay_key)):
                 if packet.rule is not None:
                     # a packet with a rule keeps its query
                     self._event(packet.query, client, packet.rule, packet.stage, "udp")  # type: ignore[arg-type]
@@ -232,22 +232,24 @@ class DnsServer:
         self.second = int(now)
         self.second_ends = self.second + 1
 
-    def _refresh(self, packet: Packet, replay_key: bytes, now: float) -> bool:
-        """Make a remembered answer exact for this second: its entry still fresh, its TTLs
-        aged. False (and forgotten) if the entry expired. Entries expire at the turn of a
-        second (cache.Entry), so one fresh now is fresh for the rest of this second."""
+    def _refresh(self, packet: Packet, replay_key: bytes) -> bool:
+        """Make a remembered answer exact for all of this second: its entry fresh from the
+        second's start, its TTLs aged to it. False (and forgotten) if the entry expired.
+        Entries expire at the turn of a second (cache.Entry): checked at the second itself,
+        not at a reading within it, a batch read a little earlier cannot stretch them."""
         entry = packet.entry
+        second = self.second
         if entry is not None:  # a policy answer has none: it never goes out of date
-            if entry.expires <= now:
+            if entry.expires <= second:
                 del self.packets[replay_key]
                 return False
             tail = packet.tail
             if packet.ages and not tail[0] & 0x02:  # a whole answer (a TC one holds no TTLs)
                 # This client's header and question, the records with this second's TTLs (as
                 # rendered for every client of the entry), and its OPT after them.
-                body, start = entry.render(now), entry.records_at
+                body, start = entry.render(second), entry.records_at
                 packet.tail = tail[:start] + body[start:] + tail[len(body):]
-        packet.second = self.second
+        packet.second = second
         return True
 
     async def resolve(self, query: wire.Query, client: str, proto: str) -> bytes:
