@@ -99,6 +99,8 @@ def test_entries_age_and_expire_at_the_turn_of_a_whole_second() -> None:
     assert dns.message.from_wire(b"\x00\x00" + entry.render(1001.0)).answer[0].ttl == 299
     assert cache.get(_key("w.example"), 1059.999) is entry
     assert cache.get(_key("w.example"), 1060.0) is None
+    # A reading from before the second it was stored in ages it by nothing, not by -1.
+    assert dns.message.from_wire(b"\x00\x00" + entry.render(999.5)).answer[0].ttl == 300
 
 
 def test_lru_bound_evicts_least_recently_used() -> None:

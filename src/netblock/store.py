@@ -328,8 +328,8 @@ class EventStore:
             self._build(cur, version)
         except Exception as exc:
             raise MigrationFailed(f"{self.describe()}: migrating the event store from schema {version} to "
-                             f"{SCHEMA_VERSION} failed: {exc}; it stays at schema {version} (nothing was changed)"
-                             ) from exc
+                                  f"{SCHEMA_VERSION} failed: {exc}; it stays at schema {version} (nothing was "
+                                  "changed)") from exc
         log.info("events: migrated the event store %s from schema %d to %d in %.1f s", self.describe(), version,
                  SCHEMA_VERSION, time.monotonic() - started)
 

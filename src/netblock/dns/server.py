@@ -236,7 +236,7 @@ class DnsServer:
         """Make a remembered answer exact for all of this second: its entry fresh from the
         second's start, its TTLs aged to it. False (and forgotten) if the entry expired.
         Entries expire at the turn of a second (cache.Entry): checked at the second itself,
-        not at a reading within it, a batch read a little earlier cannot stretch them."""
+        not at a reading within it: a batch read a little earlier cannot stretch them."""
         entry = packet.entry
         second = self.second
         if entry is not None:  # a policy answer has none: it never goes out of date
